@@ -1,0 +1,204 @@
+"""Image geometry: SimpleITK images <-> numpy/torch arrays and their affines.
+
+Conventions (the only place besides ``mrml.py`` where geometry math lives):
+
+* SimpleITK/ITK physical space is **LPS** (x grows to the patient's Left, y to Posterior).
+  MRML/Slicer world space is **RAS**. The two differ by ``LPS_TO_RAS = diag(-1, -1, 1)``,
+  which is its own inverse.
+* ``sitk.GetArrayFromImage`` returns axes in **(k, j, i)** order (slowest first);
+  ``IJK`` matrices below act on column vectors ``(i, j, k, 1)``.
+* MONAI/nibabel style arrays are **(i, j, k)** ordered with a 4x4 **RAS** affine.
+* ITK transforms map points of the fixed (output) space to the moving space, in LPS.
+  A Slicer transform node's *from-parent* transform maps RAS points the same way,
+  so ``from_parent_ras = F @ itk_lps @ F`` with ``F = diag(-1, -1, 1, 1)``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+LPS_TO_RAS_4 = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def array_view(image: sitk.Image) -> np.ndarray:
+    """Read-only numpy view in (k, j, i[, component]) order."""
+    return sitk.GetArrayViewFromImage(image)
+
+
+def ijk_to_lps(image: sitk.Image) -> np.ndarray:
+    """4x4 matrix mapping voxel indices (i, j, k, 1) to LPS millimetres."""
+    dim = image.GetDimension()
+    direction = np.array(image.GetDirection(), dtype=float).reshape(dim, dim)
+    spacing = np.array(image.GetSpacing(), dtype=float)
+    origin = np.array(image.GetOrigin(), dtype=float)
+    if dim == 2:  # treat as one slice of a 3-D volume
+        direction = np.pad(direction, ((0, 1), (0, 1)))
+        direction[2, 2] = 1.0
+        spacing = np.append(spacing, 1.0)
+        origin = np.append(origin, 0.0)
+    elif dim != 3:
+        raise ValueError(f"{dim}-D image: only 2-D and 3-D images have an IJK-to-LPS matrix")
+    matrix = np.eye(4)
+    matrix[:3, :3] = direction * spacing[np.newaxis, :]
+    matrix[:3, 3] = origin
+    return matrix
+
+
+def ijk_to_ras(image: sitk.Image) -> np.ndarray:
+    """4x4 matrix mapping voxel indices (i, j, k, 1) to RAS millimetres (Slicer's IJKToRAS)."""
+    return LPS_TO_RAS_4 @ ijk_to_lps(image)
+
+
+def decompose_ijk_to_ras(matrix: np.ndarray) -> Tuple[Tuple[float, ...], Tuple[float, ...], Tuple[float, ...]]:
+    """(origin_lps, spacing, direction_lps row-major) from a 4x4 IJK-to-RAS matrix."""
+    matrix = np.asarray(matrix, dtype=float)
+    lps = LPS_TO_RAS_4 @ matrix
+    columns = lps[:3, :3]
+    spacing = np.linalg.norm(columns, axis=0)
+    if np.any(spacing <= 0):
+        raise ValueError("IJK-to-RAS matrix has a zero-length axis")
+    direction = columns / spacing[np.newaxis, :]
+    return tuple(lps[:3, 3]), tuple(spacing), tuple(direction.ravel())
+
+
+def set_geometry(image: sitk.Image, origin_lps: Sequence[float], spacing: Sequence[float],
+                 direction_lps: Sequence[float]) -> sitk.Image:
+    image.SetOrigin(tuple(float(v) for v in origin_lps))
+    image.SetSpacing(tuple(float(v) for v in spacing))
+    image.SetDirection(tuple(float(v) for v in direction_lps))
+    return image
+
+
+def image_from_array(array_kji: np.ndarray, ijk_to_ras_matrix: Optional[np.ndarray] = None,
+                     is_vector: bool = False, reference: Optional[sitk.Image] = None) -> sitk.Image:
+    """SimpleITK image from a (k, j, i[, c]) array and either a RAS IJK matrix or a reference image."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_kji), isVector=is_vector)
+    if reference is not None:
+        image.CopyInformation(reference)
+    elif ijk_to_ras_matrix is not None:
+        set_geometry(image, *decompose_ijk_to_ras(ijk_to_ras_matrix))
+    return image
+
+
+def copy_geometry(source: sitk.Image, target: sitk.Image) -> sitk.Image:
+    target.SetOrigin(source.GetOrigin())
+    target.SetSpacing(source.GetSpacing())
+    target.SetDirection(source.GetDirection())
+    return target
+
+
+def to_channel_first(image: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:
+    """(array of shape (1, I, J, K), 4x4 RAS affine): the MONAI/nibabel convention."""
+    array = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        array = np.moveaxis(array, -1, 0).transpose(0, 3, 2, 1)
+    else:
+        array = array.transpose(2, 1, 0)[np.newaxis]
+    return np.ascontiguousarray(array), ijk_to_ras(image)
+
+
+def from_channel_first(array_cijk: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """Inverse of :func:`to_channel_first` for a single-channel array on ``reference``'s grid."""
+    array = np.asarray(array_cijk)
+    if array.ndim == 4:
+        if array.shape[0] != 1:
+            raise ValueError(f"expected one channel, got {array.shape[0]}")
+        array = array[0]
+    return image_from_array(np.ascontiguousarray(array.transpose(2, 1, 0)), reference=reference)
+
+
+def physical_points_lps(image: sitk.Image, ijk: np.ndarray) -> np.ndarray:
+    """LPS millimetres of (N, 3) continuous voxel indices (i, j, k)."""
+    matrix = ijk_to_lps(image)
+    ijk = np.asarray(ijk, dtype=float)
+    return ijk @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def lps_to_ras_points(points: np.ndarray) -> np.ndarray:
+    """Flip (N, 3) points between LPS and RAS (the map is its own inverse)."""
+    return np.asarray(points, dtype=float) * np.array([-1.0, -1.0, 1.0])
+
+
+ras_to_lps_points = lps_to_ras_points
+
+
+def describe(image: sitk.Image) -> dict:
+    """Geometry and pixel type as plain JSON-able values (LPS and RAS)."""
+    info = {
+        "dimension": image.GetDimension(),
+        "size": list(image.GetSize()),
+        "spacing_mm": [float(v) for v in image.GetSpacing()],
+        "origin_lps_mm": [float(v) for v in image.GetOrigin()],
+        "direction_lps": [float(v) for v in image.GetDirection()],
+        "pixel_type": image.GetPixelIDTypeAsString(),
+        "components": image.GetNumberOfComponentsPerPixel(),
+    }
+    if image.GetDimension() == 3:
+        ras = ijk_to_ras(image)
+        info["ijk_to_ras"] = ras.tolist()
+        info["orientation"] = orientation_code(image)
+    return info
+
+
+def orientation_code(image: sitk.Image) -> str:
+    """Three-letter RAS-style code of the voxel axes, e.g. 'LPS' or 'RAS' (direction of increasing i, j, k)."""
+    filt = sitk.DICOMOrientImageFilter
+    return filt.GetOrientationFromDirectionCosines(image.GetDirection())
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tolerance_mm: float = 1e-4) -> bool:
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance_mm)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance_mm)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6))
+
+
+def voxel_volume_ml(image: sitk.Image) -> float:
+    return float(np.prod(image.GetSpacing())) / 1000.0
+
+
+# --- transforms -----------------------------------------------------------------------------
+
+def linear_matrix_lps(transform: sitk.Transform) -> np.ndarray:
+    """4x4 LPS matrix of a linear (rigid, similarity, affine, or composite of those) transform."""
+    origin = np.array(transform.TransformPoint((0.0, 0.0, 0.0)))
+    matrix = np.eye(4)
+    for axis in range(3):
+        unit = [0.0, 0.0, 0.0]
+        unit[axis] = 1.0
+        matrix[:3, axis] = np.array(transform.TransformPoint(tuple(unit))) - origin
+    matrix[:3, 3] = origin
+    return matrix
+
+
+def is_linear(transform: sitk.Transform) -> bool:
+    return bool(transform.IsLinear())
+
+
+def affine_from_matrix_lps(matrix: np.ndarray) -> sitk.AffineTransform:
+    matrix = np.asarray(matrix, dtype=float)
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix(tuple(matrix[:3, :3].ravel()))
+    affine.SetTranslation(tuple(matrix[:3, 3]))
+    return affine
+
+
+def conjugate_lps_ras(matrix: np.ndarray) -> np.ndarray:
+    """Express a 4x4 point map given in LPS in RAS (or back: the map is an involution)."""
+    return LPS_TO_RAS_4 @ np.asarray(matrix, dtype=float) @ LPS_TO_RAS_4
+
+
+def transform_points_ras(transform: sitk.Transform, points_ras: np.ndarray) -> np.ndarray:
+    """Apply an ITK (LPS) transform to (N, 3) RAS points, returning RAS points."""
+    points_lps = ras_to_lps_points(points_ras)
+    mapped = np.array([transform.TransformPoint(tuple(p)) for p in points_lps])
+    return lps_to_ras_points(mapped)
+
+
+def displacement_field_lps_to_ras(field_kji3: np.ndarray) -> np.ndarray:
+    """Flip the vector components of a displacement field array between LPS and RAS."""
+    return np.asarray(field_kji3) * np.array([-1.0, -1.0, 1.0])

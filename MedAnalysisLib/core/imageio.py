@@ -1,0 +1,139 @@
+"""Reading and writing image files with clear errors and all-or-nothing writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import geometry
+from .errors import InputError
+from .progress import atomic_output, output_suffix
+from .provenance import provenance_json, sidecar_path
+
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".seg.nrrd")
+
+
+def check_input_file(path: "str | os.PathLike") -> Path:
+    """Existing, readable, non-empty regular file, else :class:`InputError`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file does not exist")
+    if path.is_dir():
+        raise InputError(path, "is a folder, expected a file")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "permission denied (file is not readable)")
+    if path.stat().st_size == 0:
+        raise InputError(path, "file is empty")
+    return path
+
+
+def read_image(path: "str | os.PathLike", pixel_type: Optional[int] = None) -> sitk.Image:
+    """Read an image file SimpleITK supports (NIfTI, NRRD, MHA, ...), raising InputError on failure."""
+    path = check_input_file(path)
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        if pixel_type is not None:
+            reader.SetOutputPixelType(pixel_type)
+        image = reader.Execute()
+    except RuntimeError as error:
+        reason = _itk_reason(error)
+        raise InputError(path, f"not a readable image ({reason})") from None
+    return image
+
+
+def read_image_header(path: "str | os.PathLike") -> sitk.ImageFileReader:
+    """Reader with the header read (size, spacing, metadata) but no pixel data."""
+    path = check_input_file(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise InputError(path, f"not a readable image ({_itk_reason(error)})") from None
+    return reader
+
+
+def _itk_reason(error: Exception) -> str:
+    import re
+
+    text = re.sub(r'\s*for "[^"]*"', "", str(error)).replace("sitk::ERROR:", "")
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("Description:") or "Could not create IO object" in line:
+            return line.replace("Description:", "").strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def write_image(image: sitk.Image, path: "str | os.PathLike", provenance: Optional[dict] = None,
+                compress: Optional[bool] = None) -> Path:
+    """Write atomically; with ``provenance``, also a JSON sidecar ``<path>.provenance.json``."""
+    path = Path(path)
+    suffix = output_suffix(path)
+    if suffix not in IMAGE_SUFFIXES:
+        raise InputError(path, f"unsupported output extension '{suffix}' (use one of {', '.join(IMAGE_SUFFIXES)})")
+    if compress is None:
+        compress = suffix in (".nii.gz", ".nrrd", ".seg.nrrd", ".mha")
+    with atomic_output(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=bool(compress))
+        if provenance is not None:
+            with atomic_output(sidecar_path(path)) as tmp_sidecar:
+                tmp_sidecar.write_text(json.dumps(provenance, indent=2, sort_keys=True))
+    return path
+
+
+def check_finite(image: sitk.Image, subject: "str | os.PathLike | None") -> None:
+    """Refuse NaN or infinite voxels."""
+    array = geometry.array_view(image)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        count = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise InputError(subject, f"image has {count} NaN or infinite voxels")
+
+
+def check_3d(image: sitk.Image, subject: "str | os.PathLike | None", what: str = "this step") -> None:
+    if image.GetDimension() != 3:
+        raise InputError(subject, f"{image.GetDimension()}-D image, {what} needs a 3-D image")
+
+
+def image_info(image: sitk.Image, reader: Optional[sitk.ImageFileReader] = None) -> dict:
+    """Geometry, pixel type, value range and metadata of an image (no patient identifiers)."""
+    info = geometry.describe(image)
+    array = geometry.array_view(image)
+    if array.size:
+        finite = array[np.isfinite(array)] if array.dtype.kind == "f" else array
+        info["range"] = [float(finite.min()), float(finite.max())] if finite.size else [None, None]
+        info["nan_or_inf_voxels"] = int(array.size - finite.size)
+    keys = reader.GetMetaDataKeys() if reader is not None else image.GetMetaDataKeys()
+    meta = {}
+    for key in keys:
+        value = reader.GetMetaData(key) if reader is not None else image.GetMetaData(key)
+        if _is_identifying(key):
+            continue
+        meta[key] = value if len(value) < 200 else value[:200] + "..."
+    info["metadata"] = meta
+    return info
+
+
+_IDENTIFYING = ("patient", "0010|", "name", "birth", "accession", "institution", "physician", "operator")
+
+
+def _is_identifying(key: str) -> bool:
+    key = key.lower()
+    return any(marker in key for marker in _IDENTIFYING)
+
+
+def provenance_sidecar(path: "str | os.PathLike") -> Optional[dict]:
+    sidecar = sidecar_path(path)
+    return json.loads(sidecar.read_text()) if sidecar.exists() else None
+
+
+__all__ = [
+    "check_input_file", "read_image", "read_image_header", "write_image", "check_finite", "check_3d",
+    "image_info", "provenance_json", "provenance_sidecar",
+]

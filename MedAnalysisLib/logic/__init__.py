@@ -1,0 +1,2 @@
+"""Logic classes working on MRML nodes (no Qt). The scene is passed in; inside Slicer
+it defaults to ``slicer.mrmlScene``."""

@@ -1,0 +1,49 @@
+"""Conventions every logic class follows.
+
+* one parameter dataclass per operation, shared by panel, logic, CLI and batch;
+* ``progress(fraction, message)`` callback and a :class:`CancelToken`;
+* a cancelled or failed run leaves the scene as it was (outputs are added only at the end)
+  and never replaces an existing file (see :func:`MedAnalysisLib.core.progress.atomic_output`);
+* every output node carries provenance (attribute ``MedAnalysis.Provenance``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, TypeVar
+
+from .. import mrml
+from ..core.progress import CancelToken, ProgressCallback, ProgressReporter
+from ..core.provenance import array_sha256, make_provenance
+
+P = TypeVar("P")
+
+
+class LogicBase:
+    """Holds the scene and builds progress reporters and provenance records."""
+
+    def __init__(self, scene=None):
+        self.scene = mrml.defaultScene(scene)
+
+    @staticmethod
+    def reporter(progress: Optional[ProgressCallback], cancel: Optional[CancelToken]) -> ProgressReporter:
+        return ProgressReporter(progress, cancel)
+
+    @staticmethod
+    def nodeChecksum(volumeNode) -> str:
+        import slicer
+
+        return array_sha256(slicer.util.arrayFromVolume(volumeNode))
+
+    def provenance(self, operation: str, parameters: Any, inputNodes=(), modelSha256: Optional[str] = None,
+                   inputChecksums: Optional[dict] = None) -> dict:
+        checksums = dict(inputChecksums or {})
+        for node in inputNodes:
+            if node is not None and node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is not None:
+                checksums[node.GetName()] = self.nodeChecksum(node)
+        return make_provenance(operation, parameters, checksums, modelSha256)
+
+
+def replaceParameters(parameters: P, **changes) -> P:
+    """Copy of a parameter dataclass with some fields changed (presets are data)."""
+    return dataclasses.replace(parameters, **changes)
