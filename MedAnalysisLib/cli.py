@@ -43,49 +43,6 @@ def emit(result: dict, asJson: bool, human: Callable[[dict], str]) -> None:
         print(human(result))
 
 
-# --- subcommands ------------------------------------------------------------------------------
-
-def cmdInfo(args) -> int:
-    from .core.imageio import image_info, read_image, read_image_header
-
-    reader = read_image_header(args.file)
-    image = read_image(args.file)
-    info = {"file": os.fspath(args.file), **image_info(image, reader)}
-
-    def human(i):
-        lines = [f"{i['file']}", f"  size        {i['size']}  ({i['pixel_type']}, {i['components']} component(s))",
-                 f"  spacing     {', '.join(f'{v:.4g}' for v in i['spacing_mm'])} mm",
-                 f"  origin LPS  {', '.join(f'{v:.4g}' for v in i['origin_lps_mm'])} mm"]
-        if "orientation" in i:
-            lines.append(f"  orientation {i['orientation']}")
-        if "range" in i:
-            lines.append(f"  range       {i['range'][0]:.6g} .. {i['range'][1]:.6g}")
-        return "\n".join(lines)
-
-    emit(info, args.json, human)
-    return EXIT_OK
-
-
-def cmdDemo(args) -> int:
-    from .demo import runDemo
-
-    result = runDemo(args.output, progress=StderrProgress(args.json))
-
-    def human(r):
-        lines = ["MedAnalysis demo: MNI ICBM152 sample through the headless MRML bridge",
-                 f"  round trip volume: voxels identical={r['round_trip']['voxels_identical']}, "
-                 f"geometry identical={r['round_trip']['geometry_identical']}",
-                 f"  round trip segmentation: labels identical={r['round_trip']['labels_identical']}",
-                 "  tissue volumes: " + ", ".join(f"{k} {v} mL" for k, v in r["tissue_volumes_ml"].items()),
-                 *(f"  wrote {path}" for path in r["outputs"].values()),
-                 f"  {r['seconds']} s", RESEARCH_USE_NOTICE]
-        return "\n".join(lines)
-
-    emit(result, args.json, human)
-    ok = all(result["round_trip"].values())
-    return EXIT_OK if ok else EXIT_INTERNAL
-
-
 # --- parser -----------------------------------------------------------------------------------
 
 def buildParser() -> argparse.ArgumentParser:
@@ -101,12 +58,18 @@ def buildParser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    p = add("info", cmdInfo, "geometry, pixel type, range and metadata of an image file")
-    p.add_argument("file")
-
-    p = add("demo", cmdDemo, "run the main job on the bundled sample, offline")
-    p.add_argument("-o", "--output", default="demo-output", help="output folder (default: demo-output)")
+    for module in commandModules():
+        module.register(add)
     return parser
+
+
+def commandModules():
+    """Each subcommand lives in MedAnalysisLib/commands/<name>.py with ``register(add)``."""
+    import importlib
+
+    from .commands import COMMANDS
+
+    return [importlib.import_module(f".commands.{name}", __package__) for name in COMMANDS]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
