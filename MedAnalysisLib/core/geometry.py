@@ -202,3 +202,36 @@ def transform_points_ras(transform: sitk.Transform, points_ras: np.ndarray) -> n
 def displacement_field_lps_to_ras(field_kji3: np.ndarray) -> np.ndarray:
     """Flip the vector components of a displacement field array between LPS and RAS."""
     return np.asarray(field_kji3) * np.array([-1.0, -1.0, 1.0])
+
+
+# --- grids ------------------------------------------------------------------------------------
+
+def grid_for_spacing(image: sitk.Image, spacing_mm: Sequence[float]) -> dict:
+    """Grid (size, origin, spacing, direction) with new spacing covering the same physical
+    extent: the outer voxel corners stay where they were, the direction is unchanged."""
+    spacing_new = np.asarray(spacing_mm, dtype=float)
+    if spacing_new.shape != (image.GetDimension(),) or np.any(~np.isfinite(spacing_new)) or np.any(spacing_new <= 0):
+        raise ValueError(f"spacing must be {image.GetDimension()} positive numbers in mm, got {list(spacing_mm)}")
+    spacing_old = np.array(image.GetSpacing())
+    size_old = np.array(image.GetSize())
+    size_new = np.maximum(1, np.round(size_old * spacing_old / spacing_new)).astype(int)
+    dim = image.GetDimension()
+    direction = np.array(image.GetDirection()).reshape(dim, dim)
+    # corner of voxel 0 (index -0.5) stays in place
+    corner = np.array(image.GetOrigin()) - direction @ (spacing_old / 2)
+    origin_new = corner + direction @ (spacing_new / 2)
+    return {"size": [int(v) for v in size_new], "origin": tuple(float(v) for v in origin_new),
+            "spacing": tuple(float(v) for v in spacing_new), "direction": image.GetDirection()}
+
+
+def resample_to_grid(image: sitk.Image, grid: dict, interpolator: int = sitk.sitkLinear,
+                     default_value: float = 0.0, transform: Optional[sitk.Transform] = None) -> sitk.Image:
+    """Resample ``image`` onto ``grid`` (as from :func:`grid_for_spacing`) through ``transform``
+    (fixed/output -> moving/input, identity by default)."""
+    return sitk.Resample(image, grid["size"], transform or sitk.Transform(), interpolator, grid["origin"],
+                         grid["spacing"], grid["direction"], default_value, image.GetPixelID())
+
+
+def grid_of(image: sitk.Image) -> dict:
+    return {"size": list(image.GetSize()), "origin": image.GetOrigin(), "spacing": image.GetSpacing(),
+            "direction": image.GetDirection()}
