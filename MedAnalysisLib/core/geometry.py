@@ -235,3 +235,9 @@ def resample_to_grid(image: sitk.Image, grid: dict, interpolator: int = sitk.sit
 def grid_of(image: sitk.Image) -> dict:
     return {"size": list(image.GetSize()), "origin": image.GetOrigin(), "spacing": image.GetSpacing(),
             "direction": image.GetDirection()}
+
+
+def reorient(image: sitk.Image, orientation: str) -> sitk.Image:
+    """Permute/flip axes so the index axes point as the ITK orientation code says
+    (e.g. 'RAS': i to the Right, j Anterior, k Superior). World positions are unchanged."""
+    return sitk.DICOMOrient(image, orientation)

@@ -1,0 +1,120 @@
+"""MedAnalysis Segmentation: MONAI deep-learning segmentation into a segmentation node.
+
+Thin Slicer module: the panel reads its widgets into SegmentationParameters and calls
+SegmentationLogic.segment once. torch comes from the PyTorch extension (PyTorchUtils).
+Research software, not for clinical use.
+"""
+
+import slicer
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from MedAnalysisLib import gui
+
+
+class MedAnalysisSegmentation(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "Segmentation (deep learning)"
+        self.parent.categories = ["MedAnalysis"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedAnalysis developers"]
+        self.parent.helpText = (
+            "Segments brain MR volumes into cerebrospinal fluid, gray matter, white matter and lesions with the "
+            "shipped MONAI model (trained on synthetic data from the MNI ICBM152 template), or with your own model "
+            "(safetensors + JSON config; TorchScript and MONAI bundles only when marked trusted). The result is an "
+            "editable segmentation. <b>Research software, not for clinical use.</b>")
+        self.parent.acknowledgementText = "Built on MONAI, PyTorch and 3D Slicer."
+
+
+class MedAnalysisSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedAnalysisSegmentation.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        from MedAnalysisLib import resources
+        from MedAnalysisLib.core.segment.models import load_catalog
+
+        for entry in load_catalog(resources.modelsDir()).get("models", []):
+            self.ui.modelComboBox.addItem(entry["name"])
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+
+    def readParameters(self):
+        from MedAnalysisLib.logic.segmentationlogic import SegmentationParameters
+
+        path = self.ui.modelPathLineEdit.text.strip()
+        return SegmentationParameters(model=path or self.ui.modelComboBox.currentText,
+                                      device=self.ui.deviceComboBox.currentText, tta=self.ui.ttaCheckBox.checked,
+                                      trusted=self.ui.trustedCheckBox.checked,
+                                      probabilities=self.ui.probabilitiesCheckBox.checked)
+
+    def onApplyButton(self):
+        from MedAnalysisLib import dependencies
+
+        if not dependencies.ensureDependencies(needTorch=True):
+            return
+        if self.logic is None:
+            self.logic = MedAnalysisSegmentationLogic()
+        parameters = self.readParameters()
+        gui.saveParameters(self.logic.getParameterNode(), parameters)
+        outputs = gui.runWithProgress("Segmentation", lambda progress, cancel: self.logic.segment(
+            self.ui.inputSelector.currentNode(), parameters, outputSegmentationNode=self.ui.outputSelector.currentNode(),
+            progress=progress, cancel=cancel))
+        if outputs is None:
+            return
+        self.ui.outputSelector.setCurrentNode(outputs.segmentationNode)
+        self.ui.statusLabel.text = (f"{outputs.modelName} on {outputs.device}: "
+                                    f"{sum(outputs.seconds.values()):.1f} s. " + " ".join(outputs.messages))
+
+    def onReload(self):
+        gui.reloadLibrary()
+        ScriptedLoadableModuleWidget.onReload(self)
+
+
+def _segmentationLogicClass():
+    from MedAnalysisLib.logic.segmentationlogic import SegmentationLogic
+
+    return SegmentationLogic
+
+
+class MedAnalysisSegmentationLogic(ScriptedLoadableModuleLogic):
+    """Slicer logic wrapper; the work is done by MedAnalysisLib.logic.segmentationlogic.SegmentationLogic
+    (imported lazily so that the module loads before torch/MONAI are installed)."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._logic = _segmentationLogicClass()(slicer.mrmlScene)
+
+    def segment(self, *args, **kwargs):
+        return self._logic.segment(*args, **kwargs)
+
+
+class MedAnalysisSegmentationTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_default_model_on_sample()
+
+    def test_default_model_on_sample(self):
+        import numpy as np
+
+        from MedAnalysisLib import mrml, resources
+
+        node = mrml.loadVolumeNode(resources.samplePath("mni152_t1.nii.gz"), slicer.mrmlScene)
+        outputs = MedAnalysisSegmentationLogic().segment(node)
+        names = [s.name for s in mrml.segmentSpecs(outputs.segmentationNode)]
+        self.assertIn("White matter", names)
+        labels = slicer.util.arrayFromSegmentBinaryLabelmap(
+            outputs.segmentationNode, outputs.segmentationNode.GetSegmentation().GetSegmentIdBySegmentName("White matter"), node)
+        self.assertGreater(int(np.count_nonzero(labels)), 100000)
+        self.delayDisplay("Segmentation test passed")

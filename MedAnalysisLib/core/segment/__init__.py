@@ -1,0 +1,1 @@
+"""Brain tissue / lesion segmentation: synthetic training data, network configuration, training script."""

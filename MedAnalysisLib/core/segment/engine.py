@@ -1,0 +1,287 @@
+"""Segmentation inference on MONAI: model-defined preprocessing, sliding windows with
+Gaussian blending, optional flip test-time augmentation, argmax, postprocessing, and the
+label map brought back to the input grid.
+
+Memory and speed: the volume is normalized as a whole (as in training), cropped to its
+foreground, then processed in slabs along the slowest axis, each slab with a halo of half
+a window so that blending matches a single pass; each slab is reduced to uint8 labels by
+argmax before the next one starts, so full-resolution float logits of the whole volume
+never exist. Labels are resampled back to the input grid with nearest neighbour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .. import geometry
+from ..errors import InputError, MedAnalysisError
+from ..progress import ProgressReporter
+
+
+@dataclasses.dataclass
+class InferenceSettings:
+    """How to run a model (not what the model is: that is its config)."""
+
+    device: str = "auto"            # auto | cpu | cuda
+    tta: bool = False               # average with left-right flipped prediction
+    overlap: Optional[float] = None  # default: the model config's
+    sw_batch_size: Optional[int] = None
+    slab_voxels: int = 256          # slab thickness along the slowest axis (one pass when thinner)
+    threads: Optional[int] = None   # CPU threads (default: all cores)
+    amp: bool = True                # mixed precision on GPU
+    lesion_min_ml: float = 0.02     # lesion components smaller than this are removed
+    return_probabilities: bool = False
+
+
+@dataclasses.dataclass
+class InferenceResult:
+    labels: sitk.Image                    # uint8 labels on the input grid
+    probabilities: Optional[sitk.Image]   # vector image of class probabilities on the model grid
+    device: str
+    seconds: dict
+    messages: list
+
+
+def select_device(requested: str) -> str:
+    import torch
+
+    if requested not in ("auto", "cpu", "cuda"):
+        raise InputError("--device", f"unknown device '{requested}' (use auto|cpu|cuda)")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device", "CUDA was requested but no CUDA GPU is available")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def normalize_percentile(array: np.ndarray, spec: dict) -> np.ndarray:
+    low_p, high_p = spec.get("lower_percentile", 0.5), spec.get("upper_percentile", 99.5)
+    low, high = np.percentile(array, (low_p, high_p))
+    if high <= low:
+        high = low + 1.0
+    out = (array.astype(np.float32) - np.float32(low)) / np.float32(high - low)
+    if spec.get("clip", True):
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def preprocess(image: sitk.Image, config: dict) -> tuple[sitk.Image, np.ndarray]:
+    """(model-grid image, normalized float32 array in (k, j, i) order) per the model config."""
+    pre = config["preprocessing"]
+    oriented = geometry.reorient(image, pre.get("orientation", "RAS"))
+    interpolation = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}.get(pre.get("interpolation", "linear"),
+                                                                               sitk.sitkLinear)
+    spacing = pre.get("spacing_mm")
+    model_image = sitk.Cast(oriented, sitk.sitkFloat32)
+    if spacing:
+        grid = geometry.grid_for_spacing(model_image, spacing)
+        if not np.allclose(grid["spacing"], model_image.GetSpacing()) or grid["size"] != list(model_image.GetSize()):
+            model_image = geometry.resample_to_grid(model_image, grid, interpolation,
+                                                    float(geometry.array_view(model_image).min()))
+    intensity = pre.get("intensity", {"method": "percentile"})
+    if intensity.get("method") != "percentile":
+        raise InputError("model", f"unsupported intensity normalization '{intensity.get('method')}'")
+    return model_image, normalize_percentile(sitk.GetArrayViewFromImage(model_image), intensity)
+
+
+def foreground_box(array: np.ndarray, margin: int) -> tuple:
+    """Bounding box (slices) of voxels above the array's minimum, grown by ``margin``."""
+    nonzero = np.nonzero(array > array.min())
+    if not nonzero[0].size:
+        return tuple(slice(0, n) for n in array.shape)
+    return tuple(slice(max(0, int(ix.min()) - margin), min(n, int(ix.max()) + 1 + margin))
+                 for ix, n in zip(nonzero, array.shape))
+
+
+def _pad_to(array: np.ndarray, shape: Sequence[int], value: float) -> tuple[np.ndarray, tuple]:
+    pads = [(0, max(0, s - n)) for n, s in zip(array.shape, shape)]
+    if not any(p[1] for p in pads):
+        return array, tuple(slice(0, n) for n in array.shape)
+    return np.pad(array, pads, constant_values=value), tuple(slice(0, n) for n in array.shape)
+
+
+class SlidingWindowSegmenter:
+    """Runs a network over a normalized (k, j, i) array, slab by slab, returning uint8 labels."""
+
+    def __init__(self, network, config: dict, settings: InferenceSettings):
+        import torch
+
+        self.config = config
+        self.settings = settings
+        self.device = select_device(settings.device)
+        if self.device == "cpu":
+            torch.set_num_threads(int(settings.threads or os.cpu_count() or 1))
+        self.network = network.to(self.device).eval()
+        inference = config.get("inference", {})
+        self.roi = [int(v) for v in inference.get("roi_size", (96, 96, 96))]
+        self.overlap = float(settings.overlap if settings.overlap is not None else inference.get("overlap", 0.25))
+        self.sw_batch_size = int(settings.sw_batch_size or inference.get("sw_batch_size", 1))
+        self.classes = int(config["network"]["args"].get("out_channels", 2))
+        self.messages: list = []
+
+    def _forward(self, window):
+        import torch
+
+        if self.device == "cuda" and self.settings.amp:
+            with torch.autocast("cuda", dtype=torch.float16):
+                return self.network(window).float()
+        return self.network(window)
+
+    def _probabilities(self, tensor):
+        """Softmax probabilities of one (1, 1, z, y, x) tensor, with optional flip TTA."""
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        def run(x):
+            logits = sliding_window_inference(x, roi_size=self.roi, sw_batch_size=self.sw_batch_size,
+                                              predictor=self._forward, overlap=self.overlap, mode="gaussian")
+            return torch.softmax(logits, dim=1)
+
+        probabilities = run(tensor)
+        if self.settings.tta:
+            probabilities = (probabilities + torch.flip(run(torch.flip(tensor, dims=[4])), dims=[4])) / 2
+        return probabilities
+
+    def segment(self, array: np.ndarray, report: ProgressReporter, keep_probabilities: bool = False):
+        import torch
+
+        background = float(array.min())
+        box = foreground_box(array, margin=4)
+        cropped = np.ascontiguousarray(array[box])
+        padded, valid = _pad_to(cropped, self.roi, background)
+        depth = padded.shape[0]
+        slab = max(int(self.settings.slab_voxels), self.roi[0])
+        halo = self.roi[0] // 2
+        labels = np.zeros(padded.shape, np.uint8)
+        probabilities = np.zeros((self.classes, *padded.shape), np.float32) if keep_probabilities else None
+        # Volumes up to `slab` deep run in one pass (identical to a plain sliding window);
+        # deeper ones run slab by slab with a half-window halo to bound memory.
+        starts = list(range(0, depth, slab))
+        with torch.inference_mode():
+            for number, start in enumerate(starts):
+                report(number / len(starts), f"sliding windows: slab {number + 1}/{len(starts)}")
+                stop = min(depth, start + slab)
+                low, high = max(0, start - halo), min(depth, stop + halo)
+                if high - low < self.roi[0]:  # keep every slab at least one window deep
+                    low = max(0, high - self.roi[0])
+                    high = min(depth, low + self.roi[0])
+                tensor = torch.from_numpy(np.ascontiguousarray(padded[low:high]))[None, None].to(self.device)
+                slab_probabilities = self._probabilities_with_fallback(tensor)
+                core = slice(start - low, stop - low)
+                labels[start:stop] = slab_probabilities[0].argmax(0)[core].to(torch.uint8).cpu().numpy()
+                if probabilities is not None:
+                    probabilities[:, start:stop] = slab_probabilities[0][:, core].float().cpu().numpy()
+                del slab_probabilities, tensor
+        full = np.zeros(array.shape, np.uint8)
+        full[box] = labels[valid]
+        full_probabilities = None
+        if probabilities is not None:
+            full_probabilities = np.zeros((self.classes, *array.shape), np.float32)
+            full_probabilities[0] = 1.0
+            full_probabilities[(slice(None), *box)] = probabilities[(slice(None), *valid)]
+        return full, full_probabilities
+
+    def _probabilities_with_fallback(self, tensor):
+        import torch
+
+        try:
+            return self._probabilities(tensor)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if self.sw_batch_size > 1:
+                self.messages.append("GPU out of memory: retrying with sw_batch_size 1")
+                self.sw_batch_size = 1
+                return self._probabilities_with_fallback(tensor)
+            self.messages.append("GPU out of memory: falling back to the CPU")
+            self.device = "cpu"
+            self.network = self.network.to("cpu")
+            return self._probabilities(tensor.cpu())
+
+
+def remove_small_components(labels: np.ndarray, label: int, min_voxels: int) -> np.ndarray:
+    """Relabel components of ``label`` smaller than ``min_voxels`` to the most common neighbour label."""
+    if min_voxels <= 1 or not np.any(labels == label):
+        return labels
+    from scipy import ndimage
+
+    components, count = ndimage.label(labels == label, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(components.ravel())
+    small = np.isin(components, np.nonzero(sizes < min_voxels)[0]) & (components > 0)
+    if np.any(small):
+        grown = ndimage.binary_dilation(small, iterations=1) & ~small
+        neighbours = labels[grown]
+        neighbours = neighbours[neighbours != label]
+        replacement = np.bincount(neighbours).argmax() if neighbours.size else 0
+        labels = labels.copy()
+        labels[small] = replacement
+    return labels
+
+
+def segment_image(image: sitk.Image, network, config: dict, settings: Optional[InferenceSettings] = None,
+                  report: Optional[ProgressReporter] = None, subject="input") -> InferenceResult:
+    """Segment a 3-D scalar image; labels come back on the input grid."""
+    settings = settings or InferenceSettings()
+    report = report or ProgressReporter()
+    check_segmentation_input(image, config, subject)
+    seconds = {}
+    started = time.perf_counter()
+    report(0.0, "preprocessing")
+    model_image, array = preprocess(image, config)
+    seconds["preprocess"] = round(time.perf_counter() - started, 3)
+
+    started = time.perf_counter()
+    segmenter = SlidingWindowSegmenter(network, config, settings)
+    labels, probabilities = segmenter.segment(array, report.sub(0.05, 0.9), settings.return_probabilities)
+    seconds["inference"] = round(time.perf_counter() - started, 3)
+
+    started = time.perf_counter()
+    report(0.9, "postprocessing")
+    lesion = _lesion_label(config)
+    if lesion is not None and settings.lesion_min_ml > 0:
+        voxel_ml = float(np.prod(model_image.GetSpacing())) / 1000.0
+        labels = remove_small_components(labels, lesion, int(np.ceil(settings.lesion_min_ml / voxel_ml)))
+    model_labels = geometry.image_from_array(labels, reference=model_image)
+    on_input = geometry.resample_to_grid(model_labels, geometry.grid_of(image), sitk.sitkNearestNeighbor, 0)
+    seconds["postprocess"] = round(time.perf_counter() - started, 3)
+    probability_image = None
+    if probabilities is not None:
+        probability_image = sitk.GetImageFromArray(np.moveaxis(probabilities, 0, -1), isVector=True)
+        probability_image.CopyInformation(model_image)
+    report(1.0, "segmentation done")
+    return InferenceResult(on_input, probability_image, segmenter.device, seconds, segmenter.messages)
+
+
+def _lesion_label(config: dict) -> Optional[int]:
+    for entry in config.get("labels", []):
+        if str(entry.get("name", "")).lower() == "lesion":
+            return int(entry["value"])
+    return None
+
+
+def check_segmentation_input(image: sitk.Image, config: dict, subject) -> None:
+    if image.GetDimension() != 3:
+        raise InputError(subject, f"{image.GetDimension()}-D image: segmentation needs a 3-D volume")
+    channels = int(config.get("preprocessing", {}).get("input_channels",
+                                                        config["network"]["args"].get("in_channels", 1)))
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != channels:
+        raise InputError(subject, f"image has {components} channel(s) but the model expects {channels}")
+    array = geometry.array_view(image)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InputError(subject, f"image has {int(array.size - np.count_nonzero(np.isfinite(array)))} "
+                                  "NaN or infinite voxels")
+    if array.min() == array.max():
+        raise InputError(subject, "image is constant: nothing to segment")
+
+
+class ModelError(MedAnalysisError):
+    """A model that cannot be loaded safely or does not fit the input."""
+
+
+ProgressFn = Callable[[float, str], None]

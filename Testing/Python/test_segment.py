@@ -1,0 +1,204 @@
+"""Segmentation engine, safe model loading, logic and CLI (tiny random model: fast, no training)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import REPO, make_oblique_image
+from MedAnalysisLib import mrml
+from MedAnalysisLib.core import geometry
+from MedAnalysisLib.core.errors import InputError
+from MedAnalysisLib.core.segment import models, netconfig
+from MedAnalysisLib.core.segment.engine import InferenceSettings, segment_image
+from MedAnalysisLib.logic.segmentationlogic import SegmentationLogic, SegmentationParameters
+
+
+def tiny_config():
+    config = netconfig.default_config()
+    # batch norm in eval mode: no per-window statistics, so window placement barely matters
+    config["network"]["args"].update(channels=[4, 8], strides=[2], num_res_units=0, norm="BATCH")
+    config["inference"]["roi_size"] = [32, 32, 32]
+    return config
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("model")
+    config = tiny_config()
+    torch.manual_seed(0)
+    network = netconfig.build_network(config)
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(folder / "tiny.safetensors"))
+    (folder / "tiny.json").write_text(json.dumps(config))
+    return folder / "tiny.safetensors"
+
+
+@pytest.fixture
+def head_image(rng):
+    array = rng.normal(0, 5, size=(30, 36, 40)).astype(np.float32)
+    array[5:25, 6:30, 8:32] += 100
+    array[10:20, 12:24, 14:26] += 60
+    return make_oblique_image(array, spacing=(1.5, 1.2, 2.0))
+
+
+def test_labels_come_back_on_input_grid(tiny_model, head_image):
+    loaded = models.load_model(str(tiny_model), REPO / "Resources" / "Models")
+    result = segment_image(head_image, loaded.network, loaded.config, InferenceSettings(device="cpu", threads=1))
+    assert geometry.same_grid(result.labels, head_image, 1e-6)
+    labels = sitk.GetArrayFromImage(result.labels)
+    assert labels.dtype == np.uint8 and labels.max() <= 4
+
+
+def test_single_pass_equals_plain_monai_and_slabs_stay_close(tiny_model, head_image):
+    from monai.inferers import sliding_window_inference
+
+    from MedAnalysisLib.core.segment.engine import preprocess
+
+    loaded = models.load_model(str(tiny_model), REPO / "Resources" / "Models")
+    # plain MONAI on the whole preprocessed volume, labels brought back the same way
+    model_image, array = preprocess(head_image, loaded.config)
+    with torch.inference_mode():
+        logits = sliding_window_inference(torch.from_numpy(array)[None, None], roi_size=[32, 32, 32],
+                                          sw_batch_size=1, predictor=loaded.network, overlap=0.25, mode="gaussian")
+    plain = logits.argmax(1)[0].numpy().astype(np.uint8)
+    ours = segment_image(head_image, loaded.network, loaded.config,
+                         InferenceSettings(device="cpu", lesion_min_ml=0))
+    plain_on_input = geometry.resample_to_grid(geometry.image_from_array(plain, reference=model_image),
+                                               geometry.grid_of(head_image), sitk.sitkNearestNeighbor)
+    assert np.mean(sitk.GetArrayFromImage(plain_on_input) == sitk.GetArrayFromImage(ours.labels)) > 0.97
+    # slabs (memory-bounded mode) see other windows; instance norm makes a random net sensitive to that
+    thin = segment_image(head_image, loaded.network, loaded.config, InferenceSettings(device="cpu", slab_voxels=32))
+    agreement = np.mean(sitk.GetArrayFromImage(thin.labels) == sitk.GetArrayFromImage(ours.labels))
+    assert agreement > 0.9
+
+
+def test_volume_smaller_than_patch_is_padded(tiny_model):
+    small = sitk.GetImageFromArray(np.random.default_rng(1).normal(50, 10, (12, 14, 10)).astype(np.float32))
+    loaded = models.load_model(str(tiny_model), REPO / "Resources" / "Models")
+    result = segment_image(small, loaded.network, loaded.config)
+    assert result.labels.GetSize() == small.GetSize()
+
+
+def test_probabilities_sum_to_one(tiny_model, head_image):
+    loaded = models.load_model(str(tiny_model), REPO / "Resources" / "Models")
+    result = segment_image(head_image, loaded.network, loaded.config, InferenceSettings(return_probabilities=True,
+                                                                                      tta=True))
+    probabilities = sitk.GetArrayFromImage(result.probabilities)
+    assert probabilities.shape[-1] == 5
+    assert np.allclose(probabilities.sum(-1), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["two_d", "four_d", "nan", "channels"])
+def test_bad_input(tiny_model, case):
+    loaded = models.load_model(str(tiny_model), REPO / "Resources" / "Models")
+    if case == "two_d":
+        image, match = sitk.GetImageFromArray(np.ones((10, 10), np.float32)), "2-D"
+    elif case == "four_d":
+        image, match = sitk.Image([5, 5, 5, 2], sitk.sitkFloat32), "4-D"
+    elif case == "nan":
+        array = np.ones((10, 10, 10), np.float32)
+        array[1, 1, 1] = np.nan
+        image, match = sitk.GetImageFromArray(array), "NaN"
+    else:
+        image = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(10, 10, 10, 2)).astype(np.float32),
+                                       isVector=True)
+        match = "expects 1"
+    with pytest.raises(InputError, match=match):
+        segment_image(image, loaded.network, loaded.config)
+
+
+class CodeRunningPayload:
+    """Unpickling this object would create a marker file (stand-in for arbitrary code)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"weight": CodeRunningPayload(str(marker))}, str(path))
+    (tmp_path / "evil.json").write_text(json.dumps(tiny_config()))
+    with pytest.raises(InputError, match="refused"):
+        models.load_model(str(path), REPO / "Resources" / "Models")
+    assert not marker.exists()
+
+
+def test_config_class_outside_allow_list_is_refused(tmp_path, tiny_model):
+    config = tiny_config()
+    config["network"]["class"] = "torch.nn.Module"
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(tiny_model.read_bytes())
+    (tmp_path / "model.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="not allowed"):
+        models.load_model(str(path), REPO / "Resources" / "Models")
+
+
+def test_wrong_catalog_hash_is_refused(tmp_path, tiny_model):
+    (tmp_path / "w.safetensors").write_bytes(tiny_model.read_bytes())
+    (tmp_path / "c.json").write_text(json.dumps(tiny_config()))
+    (tmp_path / "catalog.json").write_text(json.dumps({"models": [{"name": "m", "weights": "w.safetensors",
+                                                                   "config": "c.json", "sha256": "0" * 64}]}))
+    with pytest.raises(InputError, match="SHA-256 mismatch"):
+        models.load_model("m", tmp_path)
+    assert models.verify_catalog(tmp_path)[0]["ok"] is False
+
+
+def test_torchscript_needs_trusted(tmp_path, tiny_model):
+    network = netconfig.build_network(tiny_config()).eval()
+    scripted = torch.jit.trace(network, torch.zeros(1, 1, 32, 32, 32))
+    path = tmp_path / "scripted.pt"
+    scripted.save(str(path))
+    (tmp_path / "scripted.json").write_text(json.dumps(tiny_config()))
+    with pytest.raises(InputError, match="--trusted"):
+        models.load_model(str(path), REPO / "Resources" / "Models")
+    assert models.load_model(str(path), REPO / "Resources" / "Models", trusted=True).network is not None
+
+
+def test_channel_mismatch_between_weights_and_config(tmp_path, tiny_model):
+    config = tiny_config()
+    config["network"]["args"]["in_channels"] = 2
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(tiny_model.read_bytes())
+    (tmp_path / "m.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="do not fit"):
+        models.load_model(str(path), REPO / "Resources" / "Models")
+
+
+def test_logic_creates_named_segments_with_provenance(scene, tiny_model, head_image):
+    node = mrml.volumeNodeFromImage(head_image, scene, name="head")
+    outputs = SegmentationLogic(scene).segment(node, SegmentationParameters(model=str(tiny_model), threads=1))
+    names = [s.name for s in mrml.segmentSpecs(outputs.segmentationNode)]
+    assert set(names) <= {"Cerebrospinal fluid", "Gray matter", "White matter", "Lesion"}
+    record = mrml.getProvenance(outputs.segmentationNode)
+    assert record["model_sha256"] == models.file_sha256(tiny_model)
+
+
+def test_cli_segment_to_seg_nrrd(tmp_path, tiny_model, head_image):
+    source = tmp_path / "head.nrrd"
+    sitk.WriteImage(head_image, str(source))
+    out = tmp_path / "seg.seg.nrrd"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-m", "MedAnalysisLib.cli", "segment", str(source), "-o", str(out),
+                             "--model", str(tiny_model), "--device", "cpu", "--json"], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["device"] == "cpu" and out.is_file()
+    bad = subprocess.run([sys.executable, "-m", "MedAnalysisLib.cli", "segment", str(source), "-o", str(out),
+                          "--model", str(tmp_path / "missing.safetensors")], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and out.is_file()
