@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 # (import name, pip requirement). Pinned to the versions this release is tested with.
 SLICER_REQUIREMENTS: Sequence[tuple[str, str]] = (
     ("pydicom", "pydicom>=3.0.2,<4"),
+    ("dicomanonymizer", "dicom-anonymizer>=2.1,<3"),
     ("pylibjpeg", "pylibjpeg>=2.0,<3"),
     ("libjpeg", "pylibjpeg-libjpeg>=2.1,<3"),
     ("openjpeg", "pylibjpeg-openjpeg>=2.3,<3"),
