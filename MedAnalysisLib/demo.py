@@ -1,71 +1,85 @@
-"""``medanalysis demo``: the main job on the bundled sample, offline."""
+"""``medanalysis demo``: the main job on the bundled sample pair, offline.
+
+import -> enhance (tissue-aware bias-field correction) -> register (follow-up to baseline)
+-> segment (default model) -> detect lesions -> monitor change -> HTML report.
+The bundled pair is synthetic (MNI ICBM152 template with known lesion changes), so the demo
+also compares its findings with the ground truth stored beside it.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import SimpleITK as sitk
 
 from . import mrml, resources
-from .core import geometry
-from .core.imageio import read_image
-from .core.labels import BRAIN_TISSUE_SEGMENTS
+from .core.enhance import EnhancementParameters
 from .core.progress import CancelToken, ProgressCallback, ProgressReporter
-from .core.provenance import checksums_of, make_provenance
+from .logic.enhancementlogic import EnhancementLogic
+from .logic.importlogic import ImportLogic
+from .logic.monitoringlogic import MonitoringLogic, MonitoringParameters
+
+
+def compareWithTruth(result: dict, truth: list, toleranceMm: float = 6.0) -> dict:
+    """How many ground-truth lesions were found with the right status (nearest centroid)."""
+    predicted = list(result["lesions"])
+    correct, found = 0, 0
+    for lesion in truth:
+        if not predicted:
+            break
+        distances = [np.linalg.norm(np.subtract(p["centroid_ras"], lesion["centroid_ras"])) for p in predicted]
+        index = int(np.argmin(distances))
+        if distances[index] <= toleranceMm:
+            found += 1
+            correct += predicted.pop(index)["status"] == lesion["status"]
+    return {"truth_lesions": len(truth), "found": found, "status_correct": correct,
+            "extra_detections": len(predicted)}
 
 
 def runDemo(outputDir: "str | Path", scene=None, progress: Optional[ProgressCallback] = None,
-            cancel: Optional[CancelToken] = None) -> dict:
-    """Load the MNI sample into a real MRML scene, round-trip it through the bridge and
-    save it with Slicer's storage nodes; returns a JSON-able summary."""
+            cancel: Optional[CancelToken] = None, device: str = "auto") -> dict:
     started = time.perf_counter()
     report = ProgressReporter(progress, cancel)
     scene = scene if scene is not None else mrml.newScene()
     outputDir = Path(outputDir)
-    t1Path = resources.samplePath("mni152_t1.nii.gz")
-    labelsPath = resources.samplePath("mni152_tissue_labels.nii.gz")
+    seconds = {}
 
-    report(0.05, "loading the MNI ICBM152 sample")
-    t1 = read_image(t1Path)
-    labels = read_image(labelsPath)
-    parameters = {"sample": [t1Path.name, labelsPath.name]}
-    provenance = make_provenance("demo", parameters, checksums_of([t1Path, labelsPath]))
+    tic = time.perf_counter()
+    report(0.0, "importing the sample study pair")
+    importLogic = ImportLogic(scene)
+    baseline = importLogic.load(resources.samplePath("study_baseline_t1.nii.gz"), progress=report.sub(0.0, 0.03))[0]
+    followup = importLogic.load(resources.samplePath("study_followup_t1.nii.gz"), progress=report.sub(0.03, 0.06))[0]
+    baseline.SetName("baseline")
+    followup.SetName("followup")
+    seconds["import"] = round(time.perf_counter() - tic, 2)
 
-    report(0.2, "SimpleITK -> volume node -> SimpleITK")
-    volumeNode = mrml.volumeNodeFromImage(t1, scene, name="MNI152_T1", provenance=provenance)
-    roundTrip = mrml.imageFromVolumeNode(volumeNode)
-    voxelsIdentical = bool(np.array_equal(geometry.array_view(roundTrip), geometry.array_view(t1)))
-    geometryIdentical = geometry.same_grid(roundTrip, t1, 1e-6)
+    tic = time.perf_counter()
+    enhancement = EnhancementParameters(bias_correct=True, bias_method="tissue")
+    enhanceLogic = EnhancementLogic(scene)
+    baselineEnhanced = enhanceLogic.enhance(baseline, enhancement, progress=report.sub(0.06, 0.15)).outputVolumeNode
+    followupEnhanced = enhanceLogic.enhance(followup, enhancement, progress=report.sub(0.15, 0.25)).outputVolumeNode
+    seconds["enhance"] = round(time.perf_counter() - tic, 2)
 
-    report(0.45, "labelmap -> segmentation node -> labelmap")
-    segmentationNode = mrml.segmentationNodeFromLabelmap(labels, scene, name="MNI152_tissues",
-                                                         segments=BRAIN_TISSUE_SEGMENTS, provenance=provenance)
-    labelsBack = mrml.labelmapFromSegmentationNode(segmentationNode, referenceImage=t1)
-    labelsIdentical = bool(np.array_equal(geometry.array_view(labelsBack), geometry.array_view(labels)))
+    outputs = MonitoringLogic(scene).monitor(baselineEnhanced, followupEnhanced, MonitoringParameters(device=device),
+                                             reportDir=outputDir / "report", progress=report.sub(0.25, 0.95))
+    seconds.update(outputs.seconds)
 
-    report(0.7, "saving with Slicer's storage nodes")
-    outputDir.mkdir(parents=True, exist_ok=True)
-    volumePath = mrml.saveVolumeNode(volumeNode, outputDir / "mni152_t1.nrrd")
-    segmentationPath = mrml.saveSegmentation(segmentationNode, outputDir / "mni152_tissues.seg.nrrd")
-
-    report(0.9, "measuring tissue volumes")
-    labelArray = geometry.array_view(labels)
-    voxelMl = geometry.voxel_volume_ml(labels)
-    volumes = {spec.name: round(float(np.count_nonzero(labelArray == spec.label)) * voxelMl, 2)
-               for spec in BRAIN_TISSUE_SEGMENTS if spec.label in (1, 2, 3)}
+    report(0.96, "saving segmentations")
+    mrml.saveSegmentation(outputs.baselineSegmentationNode, outputDir / "baseline.seg.nrrd")
+    mrml.saveSegmentation(outputs.followupSegmentationNode, outputDir / "followup.seg.nrrd")
+    mrml.saveTransformNode(outputs.transformNode, outputDir / "followup_to_baseline.tfm")
+    truth = json.loads(resources.samplePath("study_ground_truth.json").read_text())["lesions"]
+    check = compareWithTruth(outputs.result, truth)
+    seconds["total"] = round(time.perf_counter() - started, 2)
     report(1.0, "done")
-    return {
-        "operation": "demo",
-        "input": {"t1": t1Path.name, "size": list(t1.GetSize()), "spacing_mm": list(t1.GetSpacing()),
-                  "orientation": geometry.orientation_code(t1)},
-        "round_trip": {"voxels_identical": voxelsIdentical, "geometry_identical": geometryIdentical,
-                       "labels_identical": labelsIdentical},
-        "segments": [s.name for s in mrml.segmentSpecs(segmentationNode)],
-        "tissue_volumes_ml": volumes,
-        "outputs": {"volume": str(volumePath), "segmentation": str(segmentationPath)},
-        "seconds": round(time.perf_counter() - started, 2),
-        "provenance": provenance,
-    }
+    return {"operation": "demo", "summary": outputs.result["summary"], "lesions": outputs.result["lesions"],
+            "registration": outputs.result.get("registration"), "ground_truth_check": check,
+            "report": str(outputs.reportPath),
+            "outputs": {"baseline_segmentation": str(outputDir / "baseline.seg.nrrd"),
+                        "followup_segmentation": str(outputDir / "followup.seg.nrrd"),
+                        "transform": str(outputDir / "followup_to_baseline.tfm"),
+                        "lesions_csv": str(outputDir / "report" / "lesions.csv")},
+            "warnings": outputs.warnings, "seconds": seconds}

@@ -450,6 +450,26 @@ def _applyVtkTransform(transform, pointsRas: np.ndarray) -> np.ndarray:
     return np.array([transform.TransformPoint(tuple(float(v) for v in p)) for p in np.asarray(pointsRas)])
 
 
+# --- markups ---------------------------------------------------------------------------------
+
+def markupsFromPoints(pointsRas: Sequence[Sequence[float]], labels: Sequence[str], scene=None,
+                      name: str = "Points", node=None):
+    """Markups point list with one control point per RAS point (mm), labelled."""
+    scene = defaultScene(scene)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+    node.RemoveAllControlPoints()
+    for point, label in zip(pointsRas, labels):
+        node.AddControlPoint(vtk.vtkVector3d(*(float(v) for v in point)), str(label))
+    return node
+
+
+def pointsFromMarkups(markupsNode) -> tuple[np.ndarray, list[str]]:
+    count = markupsNode.GetNumberOfControlPoints()
+    points = np.array([markupsNode.GetNthControlPointPosition(i) for i in range(count)]).reshape(count, 3)
+    return points, [markupsNode.GetNthControlPointLabel(i) for i in range(count)]
+
+
 # --- tables -----------------------------------------------------------------------------------
 
 def tableNodeFromRows(rows: Sequence[dict], scene=None, name: str = "Table", columns: Optional[Sequence[str]] = None,

@@ -25,7 +25,11 @@ LPS_TO_RAS_4 = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def array_view(image: sitk.Image) -> np.ndarray:
-    """Read-only numpy view in (k, j, i[, component]) order."""
+    """Read-only numpy view in (k, j, i[, component]) order.
+
+    The view does not keep ``image`` alive: hold the image in a variable for as long as the
+    view is used (``array_view(make_image()) > 0`` reads freed memory).
+    """
     return sitk.GetArrayViewFromImage(image)
 
 
@@ -241,3 +245,18 @@ def reorient(image: sitk.Image, orientation: str) -> sitk.Image:
     """Permute/flip axes so the index axes point as the ITK orientation code says
     (e.g. 'RAS': i to the Right, j Anterior, k Superior). World positions are unchanged."""
     return sitk.DICOMOrient(image, orientation)
+
+
+def physical_bounds_lps(image: sitk.Image) -> np.ndarray:
+    """(2, 3) min/max LPS corners (mm) of the image's extent (voxel edges included)."""
+    size = np.array(image.GetSize(), float)
+    corners = np.array([[x, y, z] for x in (-0.5, size[0] - 0.5) for y in (-0.5, size[1] - 0.5)
+                        for z in (-0.5, size[2] - 0.5)])
+    points = physical_points_lps(image, corners)
+    return np.stack([points.min(axis=0), points.max(axis=0)])
+
+
+def bounds_overlap_mm(a: sitk.Image, b: sitk.Image) -> np.ndarray:
+    """Overlap (mm, per LPS axis; <= 0 means none) of two images' physical bounding boxes."""
+    bounds_a, bounds_b = physical_bounds_lps(a), physical_bounds_lps(b)
+    return np.minimum(bounds_a[1], bounds_b[1]) - np.maximum(bounds_a[0], bounds_b[0])

@@ -87,9 +87,11 @@ def test_info_corrupt_nrrd(tmp_path):
     _one_line_error(run_cli("info", broken), "broken.nrrd")
 
 
-def test_demo_runs(tmp_path):
-    result = run_cli("demo", "-o", tmp_path / "demo", "--json")
+def test_demo_runs_whole_pipeline(tmp_path):
+    result = run_cli("demo", "-o", tmp_path / "demo", "--json", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert all(summary["round_trip"].values())
-    assert (tmp_path / "demo" / "mni152_tissues.seg.nrrd").is_file()
+    assert (tmp_path / "demo" / "report" / "report.html").is_file()
+    assert (tmp_path / "demo" / "baseline.seg.nrrd").is_file()
+    assert summary["summary"]["lesions_baseline"] >= 0 and "ground_truth_check" in summary
+    assert summary["registration"]["final_metric"] < summary["registration"]["initial_metric"]
