@@ -3,4 +3,4 @@
 ``--json``) and ``handler(args) -> exit code`` does the work. Keep handlers thin: parse
 arguments into the operation's parameter dataclass and call one logic/core function."""
 
-COMMANDS = ("info", "demo", "scan", "importcmd", "enhance", "register", "segment", "models", "monitor")
+COMMANDS = ("info", "demo", "scan", "importcmd", "enhance", "register", "segment", "models", "monitor", "batch")

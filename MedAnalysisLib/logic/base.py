@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any, Optional, TypeVar
 
 from .. import mrml
+from ..core.errors import InputError
 from ..core.progress import CancelToken, ProgressCallback, ProgressReporter
 from ..core.provenance import array_sha256, make_provenance
 
@@ -34,6 +35,23 @@ class LogicBase:
         import slicer
 
         return array_sha256(slicer.util.arrayFromVolume(volumeNode))
+
+    @staticmethod
+    def maskImageFromNode(maskNode, segmentId: Optional[str] = None, referenceImage=None):
+        """Binary mask image from a labelmap/scalar volume node or one segment of a segmentation node
+        (all segments when ``segmentId`` is None), on ``referenceImage``'s grid for segmentations."""
+        if maskNode is None:
+            return None
+        if maskNode.IsA("vtkMRMLSegmentationNode"):
+            segmentation = maskNode.GetSegmentation()
+            ids = [segmentId] if segmentId else [segmentation.GetNthSegmentID(i)
+                                                 for i in range(segmentation.GetNumberOfSegments())]
+            if not ids:
+                raise InputError(maskNode.GetName(), "segmentation has no segment to use as a mask")
+            if segmentId and segmentation.GetSegment(segmentId) is None:
+                raise InputError(maskNode.GetName(), f"segmentation has no segment '{segmentId}'")
+            return mrml.labelmapFromSegmentationNode(maskNode, referenceImage=referenceImage, segmentIds=ids)
+        return mrml.imageFromVolumeNode(maskNode)
 
     def provenance(self, operation: str, parameters: Any, inputNodes=(), modelSha256: Optional[str] = None,
                    inputChecksums: Optional[dict] = None) -> dict:

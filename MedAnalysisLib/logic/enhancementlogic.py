@@ -33,19 +33,6 @@ class EnhancementLogic(LogicBase):
     def presets() -> dict:
         return {name: entry["description"] for name, entry in enhance.PRESETS.items()}
 
-    def maskImageFromNode(self, maskNode, segmentId: Optional[str] = None, referenceImage=None):
-        """Mask image from a labelmap/scalar volume node or one segment of a segmentation node."""
-        if maskNode is None:
-            return None
-        if maskNode.IsA("vtkMRMLSegmentationNode"):
-            segmentation = maskNode.GetSegmentation()
-            ids = [segmentId] if segmentId else [segmentation.GetNthSegmentID(i)
-                                                 for i in range(segmentation.GetNumberOfSegments())]
-            if not ids:
-                raise InputError(maskNode.GetName(), "segmentation has no segment to use as mask")
-            return mrml.labelmapFromSegmentationNode(maskNode, referenceImage=referenceImage, segmentIds=ids)
-        return mrml.imageFromVolumeNode(maskNode)
-
     def enhance(self, inputVolumeNode, parameters: EnhancementParameters, maskNode=None, maskSegmentId=None,
                 referenceVolumeNode=None, outputVolumeNode=None, biasFieldOutput: bool = False,
                 inPlace: bool = False, progress: Optional[ProgressCallback] = None,

@@ -116,7 +116,7 @@ class MonitoringLogic(LogicBase):
 
     def monitor(self, baselineVolumeNode, followupVolumeNode, parameters: Optional[MonitoringParameters] = None,
                 baselineSegmentationNode=None, followupSegmentationNode=None, reportDir=None,
-                progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> MonitoringOutputs:
+                registrationTransform: Optional[sitk.Transform] = None, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> MonitoringOutputs:
         parameters = parameters or MonitoringParameters()
         if baselineVolumeNode is None or followupVolumeNode is None:
             raise InputError("input", "select both a baseline and a follow-up volume")
@@ -136,11 +136,16 @@ class MonitoringLogic(LogicBase):
                              "anatomy, or its position information is wrong")
 
         started = time.perf_counter()
-        report(0.0, "registering follow-up to baseline")
-        registration = register_images(baseline, followup, RegistrationParameters(preset=parameters.registrationPreset),
-                                       report=report.sub(0.0, 0.3),
-                                       subjects={"fixed": baselineVolumeNode.GetName(),
-                                                 "moving": followupVolumeNode.GetName()})
+        if registrationTransform is None:
+            report(0.0, "registering follow-up to baseline")
+            registration = register_images(baseline, followup,
+                                           RegistrationParameters(preset=parameters.registrationPreset),
+                                           report=report.sub(0.0, 0.3),
+                                           subjects={"fixed": baselineVolumeNode.GetName(),
+                                                     "moving": followupVolumeNode.GetName()})
+            transform, registrationSummary = registration.transform, registration.summary()
+        else:  # a transform from an earlier registration step (baseline -> follow-up points, ITK)
+            transform, registrationSummary = registrationTransform, {"given": True}
         seconds["register"] = round(time.perf_counter() - started, 3)
 
         started = time.perf_counter()
@@ -164,8 +169,8 @@ class MonitoringLogic(LogicBase):
         for lesion in followupDetection.lesions:
             lesion.id = "F" + lesion.id[1:]
         result = match_lesions(baselineDetection.lesions, baselineDetection.componentImage, followupDetection.lesions,
-                               followupDetection.componentImage, registration.transform, parameters.thresholds())
-        result["registration"] = registration.summary()
+                               followupDetection.componentImage, transform, parameters.thresholds())
+        result["registration"] = registrationSummary
         seconds["detect_match"] = round(time.perf_counter() - started, 3)
         report.cancel.raise_if_cancelled()
 
@@ -179,7 +184,7 @@ class MonitoringLogic(LogicBase):
                                            columns=None if rows else ["id", "status", "volume_baseline_ml"])
         markupsNode = mrml.markupsFromPoints([l["centroid_ras"] for l in result["lesions"]],
                                              [l["id"] for l in result["lesions"]], self.scene, name="Lesions")
-        transformNode = mrml.transformNodeFromSitk(registration.transform, self.scene,
+        transformNode = mrml.transformNodeFromSitk(transform, self.scene,
                                                    name=f"{followupVolumeNode.GetName()}_to_baseline", provenance=record)
         for node in (tableNode, markupsNode):
             mrml.setProvenance(node, record)
@@ -196,10 +201,10 @@ class MonitoringLogic(LogicBase):
             images = {
                 "baseline": baseline,
                 "followup": geometry.resample_to_grid(sitk.Cast(followup, sitk.sitkFloat32), grid, sitk.sitkLinear,
-                                                      0.0, registration.transform),
+                                                      0.0, transform),
                 "baseline_mask": baselineDetection.componentImage,
                 "followup_mask": geometry.resample_to_grid(followupDetection.componentImage, grid,
-                                                           sitk.sitkNearestNeighbor, 0, registration.transform),
+                                                           sitk.sitkNearestNeighbor, 0, transform),
             }
             reportPath = write_report(Path(reportDir), result, record, images,
                                       inputs={"baseline": baselineVolumeNode.GetName(),

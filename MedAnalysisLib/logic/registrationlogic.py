@@ -46,23 +46,6 @@ class RegistrationLogic(LogicBase):
     # --- inputs -------------------------------------------------------------------------------
 
     @staticmethod
-    def maskImageFromNode(maskNode, segmentId: Optional[str] = None, referenceImage=None):
-        """Binary mask image from a labelmap/scalar volume node or one segment of a segmentation node
-        (all segments when ``segmentId`` is None), on ``referenceImage``'s grid for segmentations."""
-        if maskNode is None:
-            return None
-        if maskNode.IsA("vtkMRMLSegmentationNode"):
-            segmentation = maskNode.GetSegmentation()
-            ids = [segmentId] if segmentId else [segmentation.GetNthSegmentID(i)
-                                                 for i in range(segmentation.GetNumberOfSegments())]
-            if not ids:
-                raise InputError(maskNode.GetName(), "segmentation has no segment to use as a mask")
-            if segmentId and segmentation.GetSegment(segmentId) is None:
-                raise InputError(maskNode.GetName(), f"segmentation has no segment '{segmentId}'")
-            return mrml.labelmapFromSegmentationNode(maskNode, referenceImage=referenceImage, segmentIds=ids)
-        return mrml.imageFromVolumeNode(maskNode)
-
-    @staticmethod
     def landmarksLps(markupsNode) -> Optional[List[List[float]]]:
         """Control-point positions of a markups node (world RAS) as LPS points (mm)."""
         if markupsNode is None:
