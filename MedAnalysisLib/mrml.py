@@ -165,7 +165,8 @@ def imageFromVolumeNode(volumeNode) -> sitk.Image:
         raise InputError(name, "volume node has no image data")
     array = slicer.util.arrayFromVolume(volumeNode)
     isVector = array.ndim == 4
-    return geometry.image_from_array(np.array(array, copy=True), ijkToRasArray(volumeNode), is_vector=isVector)
+    # GetImageFromArray copies the voxels, so the VTK-owned view needs no copy of its own
+    return geometry.image_from_array(array, ijkToRasArray(volumeNode), is_vector=isVector)
 
 
 def saveVolumeNode(volumeNode, path: "str | os.PathLike", compress: bool = True) -> Path:
@@ -241,7 +242,10 @@ def segmentationNodeFromLabelmap(labelImage: sitk.Image, scene=None, name: str =
     specs = {s.label: s for s in (segments or [])}
     fallback = {s.label: s for s in generic_segments([v for v in values if v not in specs])}
 
-    labelImage = sitk.Cast(labelImage, sitk.sitkInt16 if (not values or max(values) < 32768) else sitk.sitkInt32)
+    top = max(values) if values else 0
+    pixelType = sitk.sitkUInt8 if top < 256 else (sitk.sitkInt16 if top < 32768 else sitk.sitkInt32)
+    if labelImage.GetPixelID() != pixelType:  # compact type: large labelmaps dominate memory
+        labelImage = sitk.Cast(labelImage, pixelType)
     labelNode = volumeNodeFromImage(labelImage, scene, name=f"{name}_labelmap_import", labelmap=True,
                                     createDisplay=False)
     segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)

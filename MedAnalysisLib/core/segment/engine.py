@@ -74,11 +74,14 @@ def normalize_percentile(array: np.ndarray, spec: dict) -> np.ndarray:
 def preprocess(image: sitk.Image, config: dict) -> tuple[sitk.Image, np.ndarray]:
     """(model-grid image, normalized float32 array in (k, j, i) order) per the model config."""
     pre = config["preprocessing"]
-    oriented = geometry.reorient(image, pre.get("orientation", "RAS"))
+    orientation = pre.get("orientation", "RAS")
+    # copies are avoided where the input already fits: large volumes are the memory limit
+    oriented = image if geometry.orientation_code(image) == orientation else geometry.reorient(image, orientation)
     interpolation = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}.get(pre.get("interpolation", "linear"),
                                                                                sitk.sitkLinear)
     spacing = pre.get("spacing_mm")
-    model_image = sitk.Cast(oriented, sitk.sitkFloat32)
+    model_image = oriented if oriented.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(oriented, sitk.sitkFloat32)
+    del oriented
     if spacing:
         grid = geometry.grid_for_spacing(model_image, spacing)
         if not np.allclose(grid["spacing"], model_image.GetSpacing()) or grid["size"] != list(model_image.GetSize()):
