@@ -97,12 +97,13 @@ def ijkToRasArray(volumeNode) -> np.ndarray:
 
 def _volumeArray(image: sitk.Image, subject: str) -> np.ndarray:
     dimension = image.GetDimension()
-    if dimension == 2:
-        image = sitk.JoinSeries(image)
-    elif dimension != 3:
+    if dimension == 2:  # a new image: copy its voxels so that nothing points into it afterwards
+        return np.array(_volumeArray(sitk.JoinSeries(image), subject))
+    if dimension != 3:
         raise InputError(subject, f"{dimension}-D image cannot be stored in a volume node (3-D only; "
                                   "split 4-D series into separate volumes)")
-    array = sitk.GetArrayFromImage(image)
+    # a view (no copy): updateVolumeFromArray deep-copies into VTK; the caller keeps `image` alive
+    array = geometry.array_view(image)
     if array.dtype not in _SUPPORTED_DTYPES:
         if array.dtype.kind in "iu" and array.size and array.min() >= np.iinfo(np.int32).min \
                 and array.max() <= np.iinfo(np.int32).max:

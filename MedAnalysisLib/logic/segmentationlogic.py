@@ -89,6 +89,7 @@ class SegmentationLogic(LogicBase):
         image = mrml.imageFromVolumeNode(inputVolumeNode)
         result = segment_image(image, model.network, model.config, parameters.inferenceSettings(),
                                report.sub(0.02, 0.95), subject=inputVolumeNode.GetName())
+        del image  # the input copy is not needed any more: large volumes are the memory limit
         report.cancel.raise_if_cancelled()
         record = self.provenance("segment", parameters, [inputVolumeNode], modelSha256=model.sha256)
         record["model"] = model.name
