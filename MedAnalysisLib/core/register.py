@@ -828,17 +828,20 @@ def _set_linear_optimizer(method: sitk.ImageRegistrationMethod, optimizer: dict,
     method.SetOptimizerScalesFromPhysicalShift()
 
 
+def _pyramid_levels(context: _Context, stage: dict):
+    """(level index, shrink factor, fixed image, moving image) of each pyramid level, coarse to fine."""
+    for level_index, (shrink, sigma) in enumerate(zip(stage["shrink_factors"], stage["smoothing_sigmas_mm"])):
+        shrink, sigma = int(shrink), float(sigma)
+        yield level_index, shrink, context.fixed.level(shrink, sigma), context.moving.level(shrink, sigma)
+
+
 def _run_linear_stage(context: _Context, stage: dict, current: sitk.Transform, report: ProgressReporter,
                       label: str) -> Tuple[sitk.Transform, List[dict]]:
     transform, after = _linear_start(stage, current, context.center)
     levels = []
     count = len(stage["shrink_factors"])
-    for level_index in range(count):
+    for level_index, shrink, fixed_level, moving_level in _pyramid_levels(context, stage):
         level_started = time.perf_counter()
-        shrink = int(stage["shrink_factors"][level_index])
-        sigma = float(stage["smoothing_sigmas_mm"][level_index])
-        fixed_level = context.fixed.level(shrink, sigma)
-        moving_level = context.moving.level(shrink, sigma)
         spacing = float(min(fixed_level.GetSpacing()))
         level_report = report.sub(level_index / count, (level_index + 1) / count)
         where = f"{label} level {level_index + 1}/{count} ({spacing:.3g} mm)"
@@ -978,12 +981,8 @@ def _run_bspline_stage(context: _Context, stage: dict, current: sitk.Transform, 
     bspline = None
     levels = []
     count = len(stage["shrink_factors"])
-    for level_index in range(count):
+    for level_index, shrink, fixed_level, moving_level in _pyramid_levels(context, stage):
         level_started = time.perf_counter()
-        shrink = int(stage["shrink_factors"][level_index])
-        sigma = float(stage["smoothing_sigmas_mm"][level_index])
-        fixed_level = context.fixed.level(shrink, sigma)
-        moving_level = context.moving.level(shrink, sigma)
         mesh = meshes[level_index]
         bspline = bspline_grid(fixed_full, mesh)
         shape = (3,) + tuple(int(v) for v in (mesh + 3)[::-1])
