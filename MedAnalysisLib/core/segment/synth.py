@@ -288,7 +288,7 @@ def synthesize_case(
     whole_head_prob: float = 0.5,
     lesion_count: Tuple[int, int] = (0, 6),
     real_prob: float = 0.3,
-    t1_like_prob: float = 0.35,
+    t1_like_prob: float = 0.75,
 ) -> Tuple[np.ndarray, np.ndarray, dict]:
     """One synthetic (image, target label, info) case.
 

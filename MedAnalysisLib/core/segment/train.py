@@ -34,7 +34,7 @@ from . import synth
 from .netconfig import MODEL_NAME, build_network, count_parameters, default_config
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-VAL_SEEDS = (1001, 1002)  # synthetic validation volumes: whole head, skull-stripped
+VAL_SEEDS = (1001, 1002, 1003, 1004)  # synthetic validation volumes: whole head, skull-stripped, whole head, skull-stripped
 
 
 class SynthStream(torch.utils.data.IterableDataset):
@@ -81,7 +81,8 @@ def dice_per_class(pred: np.ndarray, gt: np.ndarray, n: int = 5) -> List[float]:
 def build_validation(template, log) -> List[dict]:
     cases = []
     for (img, lab, info), name in zip(
-        synth.make_validation_set(template, VAL_SEEDS, whole_head=[True, False]), ["synth_head", "synth_stripped"]
+        synth.make_validation_set(template, VAL_SEEDS, whole_head=[True, False, True, False]),
+        ["synth_head", "synth_stripped", "synth_head2", "synth_stripped2"],
     ):
         cases.append({"name": name, "image": img, "label": lab, "info": info})
     img, lab, info = synth.template_case(template)
@@ -142,7 +143,12 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true", help="resume from <out>/checkpoint.pt (also automatic when it exists)")
     ap.add_argument("--sample-dir", default=os.path.join(_REPO, "Resources", "SampleData"))
     ap.add_argument("--models-dir", default=os.path.join(_REPO, "Resources", "Models"), help="where the best weights are exported")
-    ap.add_argument("--patch", type=int, default=96)
+    ap.add_argument("--init", default=None,
+                    help="warm start: initial network weights (.safetensors with the same network config); "
+                         "ignored when resuming from a checkpoint")
+    ap.add_argument("--max-step-s", type=float, default=30.0,
+                    help="a step counts at most this long against the budget (a paused run does not use it up)")
+    ap.add_argument("--patch", type=int, default=64)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=1e-4)
@@ -187,6 +193,11 @@ def main(argv=None) -> int:
             f"best mean Dice {state['best_mean_dice']:.4f} at step {state['best_step']}")
     elif args.resume:
         log(f"--resume given but no checkpoint at {ckpt_path}: starting fresh")
+    if args.init and not os.path.exists(ckpt_path):
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(args.init))
+        log(f"warm start from {args.init}")
     state["sessions"] += 1
     n_params = count_parameters(net)
     log(f"start session {state['sessions']}: {command} | torch {torch.__version__} | python {platform.python_version()} | "
@@ -317,7 +328,7 @@ def main(argv=None) -> int:
         opt.step()
         t2 = time.time()
         state["step"] += 1
-        state["elapsed_s"] += t2 - t_last
+        state["elapsed_s"] += min(t2 - t_last, args.max_step_s)
         t_last = t2
         losses.append(float(loss.detach()))
         t_data += t1 - t0
