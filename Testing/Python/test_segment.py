@@ -202,3 +202,40 @@ def test_cli_segment_to_seg_nrrd(tmp_path, tiny_model, head_image):
                           "--model", str(tmp_path / "missing.safetensors")], capture_output=True, text=True, env=env,
                          timeout=300)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and out.is_file()
+
+
+def _run_python(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip()
+
+
+def test_lean_monai_import_hides_optional_packages_only_while_importing():
+    out = _run_python(
+        "import importlib.util, json, sys\n"
+        "from MedAnalysisLib.core.segment.lean_monai import import_monai\n"
+        "monai = import_monai()\n"
+        "from monai.inferers import sliding_window_inference\n"
+        "from monai.networks.nets import UNet\n"
+        "import torch\n"
+        "net = UNet(3, 1, 2, (4, 8), (2,))\n"
+        "y = sliding_window_inference(torch.zeros(1, 1, 20, 20, 20), (16, 16, 16), 1, net)\n"
+        "loaded = [m for m in ('matplotlib', 'pandas', 'skimage', 'scipy.signal') if m in sys.modules]\n"
+        "later = importlib.util.find_spec('scipy.signal') is not None\n"
+        "import scipy.signal\n"
+        "print(json.dumps({'shape': list(y.shape), 'loaded': loaded, 'later': later}))\n")
+    result = json.loads(out.splitlines()[-1])
+    assert result == {"shape": [1, 2, 20, 20, 20], "loaded": [], "later": True}
+
+
+def test_lean_monai_import_falls_back_to_a_plain_import():
+    out = _run_python(
+        "import sys\n"
+        "from MedAnalysisLib.core.segment import lean_monai\n"
+        "import torch\n"
+        "lean_monai.HIDDEN_DURING_IMPORT = lean_monai.HIDDEN_DURING_IMPORT + ('monai.networks.nets',)\n"
+        "monai = lean_monai.import_monai()\n"
+        "from monai.networks.nets import UNet\n"
+        "print(UNet.__name__)\n")
+    assert out.splitlines()[-1] == "UNet"

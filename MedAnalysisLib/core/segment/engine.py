@@ -147,6 +147,9 @@ class SlidingWindowSegmenter:
     def _probabilities(self, tensor):
         """Softmax probabilities of one (1, 1, z, y, x) tensor, with optional flip TTA."""
         import torch
+        from .lean_monai import import_monai
+
+        import_monai()
         from monai.inferers import sliding_window_inference
 
         def run(x):
@@ -172,6 +175,9 @@ class SlidingWindowSegmenter:
         foreground box: inside the box the blend equals a plain sliding window; voxels that
         only empty windows cover are background."""
         import torch
+        from .lean_monai import import_monai
+
+        import_monai()
         from monai.data.utils import compute_importance_map, dense_patch_slices
         from monai.inferers.utils import _get_scan_interval
 
