@@ -14,7 +14,7 @@ ROTATION_SEARCH = {"deg": 90.0, "step_deg": 30.0}  # "--init moments+search": la
 
 
 def register(add) -> None:
-    from ..core.register import METRICS, PRESETS
+    from ..core.register_presets import METRICS, PRESETS
 
     parser = add("register", run, "register MOVING to FIXED (rigid, affine, B-spline) and resample it")
     parser.add_argument("fixed", metavar="FIXED")

@@ -282,6 +282,150 @@ def _file_meta(head: bytes) -> Optional[tuple]:
     return (syntax, end) if syntax and position == end else None
 
 
+# --- raw header parsing (no pydicom) -------------------------------------------------------------
+# Little-endian data sets are walked here up to the pixel data, keeping every top-level element's
+# raw bytes: the lookups of this module only need a few values, and importing pydicom costs
+# about 0.3 s per process. Sequences are skipped (their tags are kept); files whose chunk cannot
+# be walked with certainty, and enhanced multi-frame objects (functional group sequences), go
+# through pydicom as before.
+
+RAW_HEADERS = True  # tests compare both readers by switching this off
+
+
+class RawElement:
+    __slots__ = ("VR", "value")
+    is_little_endian = True
+
+    def __init__(self, vr: str, value: Optional[bytes]):
+        self.VR = vr
+        self.value = value
+
+
+class RawHeader:
+    """Top-level elements of a data set (up to the pixel data) with raw byte values; supports
+    ``get_item(tag)``, ``in`` (tag or keyword) and ``get(keyword)``. ``pydicom_dataset()`` reads
+    the file with pydicom for whoever needs a full Dataset (de-identification, sequences)."""
+
+    def __init__(self, path: Path, elements: dict):
+        self.path = path
+        self._elements = elements
+        self._full = None
+
+    def get_item(self, tag):
+        return self._elements.get(int(tag))
+
+    def __contains__(self, key) -> bool:
+        return (_tag(key) if isinstance(key, str) else int(key)) in self._elements
+
+    def get(self, keyword: str, default=None):
+        element = self._elements.get(_tag(keyword))
+        if element is None:
+            return default
+        if element.VR == "SQ" or element.value is None:
+            return self.pydicom_dataset().get(keyword, default)
+        return element.value
+
+    def pydicom_dataset(self):
+        if self._full is None:
+            import pydicom
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._full = pydicom.dcmread(self.path, stop_before_pixels=True, force=True)
+        return self._full
+
+
+def full_header(header):
+    """A pydicom Dataset for ``header`` (a RawHeader is read again with pydicom)."""
+    return header.pydicom_dataset() if isinstance(header, RawHeader) else header
+
+
+def _is_vr(code: bytes) -> bool:
+    return len(code) == 2 and 65 <= code[0] <= 90 and 65 <= code[1] <= 90
+
+
+def _element_at(data: bytes, position: int, implicit: bool) -> Optional[tuple]:
+    """(tag, VR bytes or None, value length, value offset) of the element at ``position``."""
+    if position + 8 > len(data):
+        return None
+    group, element = struct.unpack_from("<HH", data, position)
+    if implicit or group == 0xFFFE:
+        return (group << 16) | element, None, struct.unpack_from("<I", data, position + 4)[0], position + 8
+    code = data[position + 4:position + 6]
+    if not _is_vr(code):
+        return None
+    if code in _LONG_VRS:
+        if position + 12 > len(data):
+            return None
+        return (group << 16) | element, code, struct.unpack_from("<I", data, position + 8)[0], position + 12
+    return (group << 16) | element, code, struct.unpack_from("<H", data, position + 6)[0], position + 8
+
+
+def _skip_sequence(data: bytes, position: int, implicit: bool, depth: int = 0) -> Optional[int]:
+    """Offset just after the delimiter of the undefined-length sequence whose items start at ``position``."""
+    if depth > 16:
+        return None
+    while True:
+        found = _element_at(data, position, True)
+        if found is None:
+            return None
+        tag, _, length, position = found
+        if tag == 0xFFFEE0DD:
+            return position
+        if tag != 0xFFFEE000:
+            return None
+        if length != 0xFFFFFFFF:
+            position += length
+            continue
+        while True:  # undefined-length item: walk its elements to the item delimiter
+            found = _element_at(data, position, implicit)
+            if found is None:
+                return None
+            tag, code, length, value = found
+            if tag == 0xFFFEE00D:
+                position = value
+                break
+            if length == 0xFFFFFFFF:
+                position = _skip_sequence(data, value, implicit or code == b"UN", depth + 1)
+                if position is None:
+                    return None
+            else:
+                position = value + length
+
+
+def _raw_header(path: Path, head: bytes, start: int, implicit: bool) -> Optional[tuple]:
+    """(RawHeader, offset of the pixel data element) or None when pydicom should read the file."""
+    from .dicom_tags import VR_OF_TAG
+
+    elements = {}
+    position = start
+    while True:
+        found = _element_at(head, position, implicit)
+        if found is None:
+            return None
+        tag, code, length, value = found
+        if tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):
+            break
+        if tag >> 16 == 0xFFFE:
+            return None
+        vr = VR_OF_TAG.get(tag, "UN") if code is None or code == b"UN" else code.decode("ascii")
+        if length == 0xFFFFFFFF:
+            if code is not None and code not in (b"SQ", b"UN"):
+                return None
+            position = _skip_sequence(head, value, implicit or code == b"UN")
+            if position is None:
+                return None
+            elements[tag] = RawElement("SQ", None)
+            continue
+        position = value + length
+        if position > len(head):
+            return None
+        elements[tag] = RawElement(vr, None if vr == "SQ" else head[value:position])
+    if 0x52009230 in elements:  # enhanced multi-frame: per-frame functional groups need pydicom
+        return None
+    return RawHeader(path, elements), position
+
+
 def _syntax(dataset) -> str:
     meta = getattr(dataset, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
@@ -298,10 +442,15 @@ def _parse_header(path: Path, head: bytes, size: int, force: bool) -> tuple:
     ``pydicom.filereader.read_dataset`` after walking the file meta group; otherwise (or when
     the chunk ends before the pixel data) ``pydicom.dcmread`` reads the file.
     """
+    meta = _file_meta(head)
+    if RAW_HEADERS and meta is not None and meta[0] not in (DEFLATED_LE, EXPLICIT_BE) \
+            and meta[0].startswith("1.2.840.10008.1.2"):
+        raw = _raw_header(path, head, meta[1], meta[0] == IMPLICIT_LE)
+        if raw is not None:
+            return raw[0], meta[0], raw[1]
     import pydicom
     from pydicom.filereader import read_dataset
 
-    meta = _file_meta(head)
     if meta is not None and meta[0] != DEFLATED_LE and meta[0].startswith("1.2.840.10008.1.2"):
         syntax, start = meta
         little = syntax != EXPLICIT_BE
@@ -369,6 +518,11 @@ _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "
 def _tag(keyword: str) -> int:
     tag = _TAGS.get(keyword)
     if tag is None:
+        from .dicom_tags import KEYWORDS
+
+        if keyword in KEYWORDS:
+            tag = _TAGS[keyword] = KEYWORDS[keyword][0]
+            return tag
         from pydicom.datadict import tag_for_keyword
 
         tag = _TAGS[keyword] = tag_for_keyword(keyword)
@@ -1428,6 +1582,7 @@ def load_volume(volume: DicomVolume, report: Optional[ProgressReporter] = None, 
         report(0.0, "reading pixels")
         bulk = _bulk_read_with_itk(volume)
         image = _rescale_itk(bulk, volume.frames) if bulk is not None else None
+        del bulk  # in-place arithmetic shares the buffer: a second owner would make SetOrigin copy it all
         qa["left_out_files"] = 0
     if image is None:
         image, volume, warnings_, qa = _load_with_numpy(volume, report, regularize_geometry, relative, warnings_)

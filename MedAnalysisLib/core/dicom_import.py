@@ -307,6 +307,7 @@ class ImportSession:
         if anonymize and header is not None:
             from .dicom_deid import deidentified_copy
 
+            header = dicom.full_header(header)
             clean = deidentified_copy(header, self.deidentifier)
             warnings.extend(w for w in self.deidentifier.warnings if w not in warnings)
             series_uid = self.deidentifier.map_uid(series.series_uid)

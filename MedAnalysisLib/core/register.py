@@ -46,9 +46,8 @@ from . import geometry
 from .errors import InputError, OperationCancelled
 from .progress import ProgressReporter, atomic_output, output_suffix
 from .provenance import sidecar_path
-from .register_presets import PRESETS, STAGE_DEFAULTS, merge_optimizer, stage_with_defaults
+from .register_presets import METRICS, PRESETS, STAGE_DEFAULTS, merge_optimizer, stage_with_defaults
 
-METRICS = ("mi", "mse", "ncc")
 TRANSFORMS = ("rigid", "affine", "bspline")
 INITIALIZATIONS = ("geometry", "moments", "identity")
 TRANSFORM_SUFFIXES = (".tfm", ".txt", ".h5", ".hdf5")

@@ -96,6 +96,8 @@ _RIGID_COARSE = {"transform": "rigid", "shrink_factors": [4, 2], "smoothing_sigm
                  "samples": [5000, 10000], "iterations": [100, 100], "optimizer": _LINEAR_OPTIMIZERS[:2]}
 _BSPLINE = {"transform": "bspline"}
 
+METRICS = ("mi", "mse", "ncc")
+
 PRESETS = {
     "rigid": {
         "description": "Rigid (6 degrees of freedom): same subject, any modality. 3-level pyramid, Mattes MI.",
