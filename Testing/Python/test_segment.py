@@ -66,15 +66,16 @@ def test_single_pass_equals_plain_monai_and_slabs_stay_close(tiny_model, head_im
 
     loaded = models.load_model(str(tiny_model), REPO / "Resources" / "Models")
     # plain MONAI on the whole preprocessed volume, labels brought back the same way
-    model_image, array = preprocess(head_image, loaded.config)
+    model_grid, array = preprocess(head_image, loaded.config)
     with torch.inference_mode():
         logits = sliding_window_inference(torch.from_numpy(array)[None, None], roi_size=[32, 32, 32],
                                           sw_batch_size=1, predictor=loaded.network, overlap=0.25, mode="gaussian")
     plain = logits.argmax(1)[0].numpy().astype(np.uint8)
     ours = segment_image(head_image, loaded.network, loaded.config,
                          InferenceSettings(device="cpu", lesion_min_ml=0))
-    plain_on_input = geometry.resample_to_grid(geometry.image_from_array(plain, reference=model_image),
-                                               geometry.grid_of(head_image), sitk.sitkNearestNeighbor)
+    plain_image = geometry.set_geometry(geometry.image_from_array(plain), model_grid["origin"], model_grid["spacing"],
+                                        model_grid["direction"])
+    plain_on_input = geometry.resample_to_grid(plain_image, geometry.grid_of(head_image), sitk.sitkNearestNeighbor)
     assert np.mean(sitk.GetArrayFromImage(plain_on_input) == sitk.GetArrayFromImage(ours.labels)) > 0.97
     # slabs (memory-bounded mode) see other windows; instance norm makes a random net sensitive to that
     thin = segment_image(head_image, loaded.network, loaded.config, InferenceSettings(device="cpu", slab_voxels=32))

@@ -65,14 +65,18 @@ def normalize_percentile(array: np.ndarray, spec: dict) -> np.ndarray:
     low, high = np.percentile(array, (low_p, high_p))
     if high <= low:
         high = low + 1.0
-    out = (array.astype(np.float32) - np.float32(low)) / np.float32(high - low)
+    out = np.subtract(array, np.float32(low), dtype=np.float32)  # one full-size buffer, then in place
+    np.divide(out, np.float32(high - low), out=out)
     if spec.get("clip", True):
         np.clip(out, 0.0, 1.0, out=out)
     return out
 
 
-def preprocess(image: sitk.Image, config: dict) -> tuple[sitk.Image, np.ndarray]:
-    """(model-grid image, normalized float32 array in (k, j, i) order) per the model config."""
+def preprocess(image: sitk.Image, config: dict) -> tuple[dict, np.ndarray]:
+    """(model grid, normalized float32 array in (k, j, i) order) per the model config.
+
+    Only the grid (``geometry.grid_of``) of the resampled image is kept: its voxels live on as
+    the normalized array, so a large input does not stay in memory twice."""
     pre = config["preprocessing"]
     orientation = pre.get("orientation", "RAS")
     # copies are avoided where the input already fits: large volumes are the memory limit
@@ -90,7 +94,14 @@ def preprocess(image: sitk.Image, config: dict) -> tuple[sitk.Image, np.ndarray]
     intensity = pre.get("intensity", {"method": "percentile"})
     if intensity.get("method") != "percentile":
         raise InputError("model", f"unsupported intensity normalization '{intensity.get('method')}'")
-    return model_image, normalize_percentile(sitk.GetArrayViewFromImage(model_image), intensity)
+    grid = geometry.grid_of(model_image)
+    array = normalize_percentile(sitk.GetArrayViewFromImage(model_image), intensity)
+    return grid, array
+
+
+def _on_grid(array: np.ndarray, grid: dict, is_vector: bool = False) -> sitk.Image:
+    image = geometry.image_from_array(array, is_vector=is_vector)
+    return geometry.set_geometry(image, grid["origin"], grid["spacing"], grid["direction"])
 
 
 def foreground_box(array: np.ndarray, margin: int) -> tuple:
@@ -325,21 +336,22 @@ def segment_image(image: sitk.Image, network, config: dict, settings: Optional[I
     seconds = {}
     started = time.perf_counter()
     report(0.0, "preprocessing")
-    model_image, array = preprocess(image, config)
+    model_grid, array = preprocess(image, config)
     seconds["preprocess"] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
     segmenter = SlidingWindowSegmenter(network, config, settings)
     labels, probabilities = segmenter.segment(array, report.sub(0.05, 0.9), settings.return_probabilities)
+    del array
     seconds["inference"] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
     report(0.9, "postprocessing")
     lesion = _lesion_label(config)
     if lesion is not None and settings.lesion_min_ml > 0:
-        voxel_ml = float(np.prod(model_image.GetSpacing())) / 1000.0
+        voxel_ml = float(np.prod(model_grid["spacing"])) / 1000.0
         labels = remove_small_components(labels, lesion, int(np.ceil(settings.lesion_min_ml / voxel_ml)))
-    model_labels = geometry.image_from_array(labels, reference=model_image)
+    model_labels = _on_grid(labels, model_grid)
     if geometry.same_grid(model_labels, image, 1e-6):
         on_input = model_labels  # the input already is on the model's grid
     else:
@@ -347,8 +359,7 @@ def segment_image(image: sitk.Image, network, config: dict, settings: Optional[I
     seconds["postprocess"] = round(time.perf_counter() - started, 3)
     probability_image = None
     if probabilities is not None:
-        probability_image = sitk.GetImageFromArray(np.moveaxis(probabilities, 0, -1), isVector=True)
-        probability_image.CopyInformation(model_image)
+        probability_image = _on_grid(np.moveaxis(probabilities, 0, -1), model_grid, is_vector=True)
     report(1.0, "segmentation done")
     return InferenceResult(on_input, probability_image, segmenter.device, seconds, segmenter.messages)
 
