@@ -17,16 +17,11 @@ from MedAnalysisLib.logic.enhancementlogic import EnhancementLogic
 class MedAnalysisEnhancement(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Enhancement"
-        self.parent.categories = ["MedAnalysis"]
-        self.parent.dependencies = []
-        self.parent.contributors = ["MedAnalysis developers"]
-        self.parent.helpText = (
+        gui.describeModule(self.parent, "Enhancement", (
             "Denoising (Gaussian, median, curvature/gradient anisotropic diffusion, non-local means), "
             "bias-field correction (tissue-class-aware or N4), intensity normalization, CLAHE and resampling. "
-            "Presets: mri-brain-t1, mri-generic, ct-soft-tissue, ct-lung. The input volume is not modified. "
-            "<b>Research software, not for clinical use.</b>")
-        self.parent.acknowledgementText = "Built on SimpleITK, scikit-image and 3D Slicer."
+            "Presets: mri-brain-t1, mri-generic, ct-soft-tissue, ct-lung. The input volume is not modified."),
+            "Built on SimpleITK, scikit-image and 3D Slicer.")
 
 
 class MedAnalysisEnhancementWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -37,10 +32,7 @@ class MedAnalysisEnhancementWidget(ScriptedLoadableModuleWidget, VTKObservationM
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedAnalysisEnhancement.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui = gui.loadPanel(self, "MedAnalysisEnhancement")
         self.logic = MedAnalysisEnhancementLogic()
         for name in self.logic.presets():
             self.ui.presetComboBox.addItem(name)

@@ -22,17 +22,12 @@ COLUMNS = ["Series", "Modality", "Description", "Date", "Files", "Size", "Spacin
 class MedAnalysisImport(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Import"
-        self.parent.categories = ["MedAnalysis"]
-        self.parent.dependencies = []
-        self.parent.contributors = ["MedAnalysis developers"]
-        self.parent.helpText = (
+        gui.describeModule(self.parent, "Import", (
             "Scan a folder, ZIP archive or DICOMDIR (headers only), pick series and load them as volumes. "
             "Slices are ordered by position; rescale, multi-frame, compressed syntaxes, MONOCHROME1 and colour are "
             "handled; gantry tilt, uneven spacing and missing slices are reported and regularized. Optional "
-            "de-identification (DICOM PS3.15 Annex E basic profile). NIfTI / NRRD / MHA files load the same way. "
-            "<b>Research software, not for clinical use.</b>")
-        self.parent.acknowledgementText = "Built on pydicom, dicom-anonymizer's Annex E table, SimpleITK and 3D Slicer."
+            "de-identification (DICOM PS3.15 Annex E basic profile). NIfTI / NRRD / MHA files load the same way."),
+            "Built on pydicom, dicom-anonymizer's Annex E table, SimpleITK and 3D Slicer.")
 
 
 class MedAnalysisImportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -43,10 +38,7 @@ class MedAnalysisImportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedAnalysisImport.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui = gui.loadPanel(self, "MedAnalysisImport")
         self.logic = MedAnalysisImportLogic()
         self.ui.seriesTableWidget.setColumnCount(len(COLUMNS))
         self.ui.seriesTableWidget.setHorizontalHeaderLabels(COLUMNS)

@@ -19,15 +19,11 @@ from MedAnalysisLib import gui
 class MedAnalysisMonitoring(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Lesion monitoring"
-        self.parent.categories = ["MedAnalysis"]
-        self.parent.dependencies = []
-        self.parent.contributors = ["MedAnalysis developers"]
-        self.parent.helpText = (
+        gui.describeModule(self.parent, "Lesion monitoring", (
             "Registers the follow-up to the baseline, segments both (or uses your segmentations), detects lesions "
             "(26-connected components), matches them across time and classifies each as new, grown, shrunk, stable "
-            "or vanished; writes an HTML report. <b>Research software, not for clinical use.</b>")
-        self.parent.acknowledgementText = "Built on SimpleITK, MONAI and 3D Slicer."
+            "or vanished; writes an HTML report."),
+            "Built on SimpleITK, MONAI and 3D Slicer.")
 
 
 class MedAnalysisMonitoringWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -39,10 +35,7 @@ class MedAnalysisMonitoringWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedAnalysisMonitoring.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui = gui.loadPanel(self, "MedAnalysisMonitoring")
         self.ui.reportDirLineEdit.text = os.path.join(slicer.app.temporaryPath, "MedAnalysisReport")
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)

@@ -16,17 +16,12 @@ from MedAnalysisLib.logic.registrationlogic import RegistrationLogic, Registrati
 class MedAnalysisRegistration(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Registration"
-        self.parent.categories = ["MedAnalysis"]
-        self.parent.dependencies = []
-        self.parent.contributors = ["MedAnalysis developers"]
-        self.parent.helpText = (
+        gui.describeModule(self.parent, "Registration", (
             "Rigid, affine and deformable (B-spline) registration with Mattes mutual information (any modality), "
             "masks, and initialization from centres of mass, image centres, landmarks or a transform. The result "
             "is a transform node: put the moving volume (or a segmentation) under it to see it aligned; saved as "
-            "an ITK .tfm/.h5 file it maps fixed to moving points (LPS). "
-            "<b>Research software, not for clinical use.</b>")
-        self.parent.acknowledgementText = "Built on SimpleITK (ITKv4 registration), PyTorch and 3D Slicer."
+            "an ITK .tfm/.h5 file it maps fixed to moving points (LPS)."),
+            "Built on SimpleITK (ITKv4 registration), PyTorch and 3D Slicer.")
 
 
 class MedAnalysisRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -37,10 +32,7 @@ class MedAnalysisRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedAnalysisRegistration.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui = gui.loadPanel(self, "MedAnalysisRegistration")
         self.logic = MedAnalysisRegistrationLogic()
         for name, description in self.logic.presets().items():
             self.ui.presetComboBox.addItem(name)

@@ -16,16 +16,12 @@ from MedAnalysisLib import gui
 class MedAnalysisSegmentation(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Segmentation (deep learning)"
-        self.parent.categories = ["MedAnalysis"]
-        self.parent.dependencies = []
-        self.parent.contributors = ["MedAnalysis developers"]
-        self.parent.helpText = (
+        gui.describeModule(self.parent, "Segmentation (deep learning)", (
             "Segments brain MR volumes into cerebrospinal fluid, gray matter, white matter and lesions with the "
             "shipped MONAI model (trained on synthetic data from the MNI ICBM152 template), or with your own model "
             "(safetensors + JSON config; TorchScript and MONAI bundles only when marked trusted). The result is an "
-            "editable segmentation. <b>Research software, not for clinical use.</b>")
-        self.parent.acknowledgementText = "Built on MONAI, PyTorch and 3D Slicer."
+            "editable segmentation."),
+            "Built on MONAI, PyTorch and 3D Slicer.")
 
 
 class MedAnalysisSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -36,10 +32,7 @@ class MedAnalysisSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservation
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedAnalysisSegmentation.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui = gui.loadPanel(self, "MedAnalysisSegmentation")
         from MedAnalysisLib import resources
         from MedAnalysisLib.core.segment.models import load_catalog
 

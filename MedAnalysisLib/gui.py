@@ -83,3 +83,26 @@ def loadParameters(parameterNode, parametersClass):
                 except ValueError:
                     pass
     return parametersClass(**values)
+
+
+def describeModule(parent, title: str, helpText: str, acknowledgement: str) -> None:
+    """Fill a ScriptedLoadableModule's ``parent`` description (category, contributors, the
+    research-use notice appended to the help text)."""
+    parent.title = title
+    parent.categories = ["MedAnalysis"]
+    parent.dependencies = []
+    parent.contributors = ["MedAnalysis developers"]
+    parent.helpText = f"{helpText} <b>Research software, not for clinical use.</b>"
+    parent.acknowledgementText = acknowledgement
+
+
+def loadPanel(widget, moduleName: str):
+    """Load ``Resources/UI/<moduleName>.ui`` into a module widget's layout, connect it to the
+    scene and return its named child widgets (the usual ``self.ui``)."""
+    import slicer
+
+    uiWidget = slicer.util.loadUI(widget.resourcePath(f"UI/{moduleName}.ui"))
+    widget.layout.addWidget(uiWidget)
+    ui = slicer.util.childWidgetVariables(uiWidget)
+    uiWidget.setMRMLScene(slicer.mrmlScene)
+    return ui
