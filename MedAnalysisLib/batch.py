@@ -86,6 +86,13 @@ EVENT_TOPIC = "medanalysis-batch"
 DEFAULT_CASE_TIMEOUT_S = 7200.0
 THREAD_ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                       "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "MEDANALYSIS_THREADS")
+# glibc malloc settings for local workers (read at process start, hence Dask's pre-spawn
+# environment). Dask's default MALLOC_TRIM_THRESHOLD_ of 64 KiB returns freed memory to the
+# kernel at once; a step allocates and frees hundreds of MB per case (volumes, network
+# activations), so every allocation faults its pages in again: a segment step spent 2.3 s of
+# 9 s in the kernel that way (865k page faults) against 1.1 s (321k) with freed memory kept for
+# reuse. Dask's memory limit still restarts a worker that grows too large.
+MALLOC_ENVIRONMENT = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TRUE = ("1", "true", "yes", "y", "on")
 _FALSE = ("", "0", "false", "no", "n", "off")
@@ -753,9 +760,14 @@ def _openClient(options: BatchOptions, log: Callable[[str], None]):
         return client, None
     threads = int(options.threadsPerWorker or 1)
     workers = options.workers if options.workers is not None else max(1, (os.cpu_count() or 1) // threads)
-    cluster = LocalCluster(n_workers=int(workers), threads_per_worker=threads, processes=True,
-                           memory_limit=_memoryLimit(options.memoryLimit), dashboard_address=options.dashboardAddress,
-                           silence_logs=logging.ERROR, env=threadEnvironment(1))
+    import dask
+
+    spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **MALLOC_ENVIRONMENT}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn}):
+        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=threads, processes=True,
+                               memory_limit=_memoryLimit(options.memoryLimit),
+                               dashboard_address=options.dashboardAddress, silence_logs=logging.ERROR,
+                               env=threadEnvironment(1))
     return Client(cluster), cluster
 
 

@@ -469,3 +469,17 @@ def test_register_segment_monitor_steps(tmp_path, data):
     # baseline -> follow-up points: the inverse of the motion used to make the follow-up
     expected = np.array(motion.GetInverse().TransformPoint((0.0, 0.0, 18.0)))
     assert np.linalg.norm(np.array(transform.TransformPoint((0.0, 0.0, 18.0))) - expected) < 1.5
+
+
+def test_local_workers_keep_freed_memory_for_reuse():
+    """Local workers start with our malloc settings (not Dask's return-everything default) and
+    single-threaded libraries."""
+    options = batch.BatchOptions(workers=1, dashboardAddress=None)
+    client, cluster = batch._openClient(options, lambda message: None)
+    try:
+        environ = client.run(lambda: {k: os.environ.get(k) for k in (*batch.MALLOC_ENVIRONMENT, "OMP_NUM_THREADS")})
+        (values,) = environ.values()
+        assert values == {**batch.MALLOC_ENVIRONMENT, "OMP_NUM_THREADS": "1"}
+    finally:
+        client.close()
+        cluster.close()
