@@ -6,8 +6,8 @@ blending for both, one warm-up each, timing from the input array in memory to th
 on the input grid):
   * plain MONAI: percentile normalization (the model's), sliding_window_inference with the
     model's roi, overlap 0.25, sw_batch_size 1, float32, argmax, then the same lesion
-    postprocessing as ours (components under the default minimum lesion size relabelled: a
-    cheap step outside the timed inference question, applied to both so the maps compare);
+    postprocessing as ours (``engine.postprocess_lesions``: lesion components under the default
+    minimum size or touching no white matter relabelled; applied to both so the maps compare);
   * ours: MedAnalysisLib.core.segment.engine.segment_image at its defaults.
 Prints both times, the ratio and the Dice between the two label maps (per class present in
 either map, with voxel counts, and the mean over those classes).
@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from MedAnalysisLib import resources  # noqa: E402
 from MedAnalysisLib.core import geometry  # noqa: E402
 from MedAnalysisLib.core.segment.engine import (  # noqa: E402
-    InferenceSettings, _lesion_label, normalize_percentile, remove_small_components, segment_image)
+    InferenceSettings, normalize_percentile, postprocess_lesions, segment_image)
 from MedAnalysisLib.core.segment.models import load_model  # noqa: E402
 
 
@@ -62,11 +62,7 @@ def plain_monai(image, model, device):
                                           roi_size=config["inference"]["roi_size"], sw_batch_size=1,
                                           predictor=model.network, overlap=0.25, mode="gaussian")
         labels = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
-    lesion = _lesion_label(config)
-    if lesion is not None:
-        minimum = InferenceSettings().lesion_min_ml / (float(np.prod(image.GetSpacing())) / 1000.0)
-        labels = remove_small_components(labels, lesion, int(np.ceil(minimum)))
-    return labels
+    return postprocess_lesions(labels, config, image.GetSpacing(), InferenceSettings().lesion_min_ml)
 
 
 def timed(function, repeats):

@@ -240,3 +240,25 @@ def test_lean_monai_import_falls_back_to_a_plain_import():
         "from monai.networks.nets import UNet\n"
         "print(UNet.__name__)\n")
     assert out.splitlines()[-1] == "UNet"
+
+
+def test_lesions_must_touch_white_matter():
+    from MedAnalysisLib.core.segment.engine import postprocess_lesions
+
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[5:25, 5:25, 5:25] = 3            # white matter
+    labels[30:38, 30:38, 30:38] = 2         # grey matter
+    labels[10:14, 10:14, 10:14] = 4         # lesion inside white matter: kept
+    labels[32:35, 32:35, 32:35] = 4         # lesion inside grey matter: becomes grey matter
+    labels[0:3, 35:38, 0:3] = 4             # lesion in the background: becomes background
+    config = {"labels": [{"value": v, "name": n} for v, n in
+                         enumerate(["background", "cerebrospinal fluid", "gray matter", "white matter", "lesion"])]}
+    out = postprocess_lesions(labels, config, (1.0, 1.0, 1.0), 0.0)
+    assert (out[10:14, 10:14, 10:14] == 4).all()
+    assert (out[32:35, 32:35, 32:35] == 2).all()
+    assert (out[0:3, 35:38, 0:3] == 0).all()
+    assert (out == 4).sum() == 64
+    # small lesions go first; a model without a white-matter label keeps hosted-or-not lesions
+    assert (postprocess_lesions(labels, config, (1.0, 1.0, 1.0), 0.1) == 4).sum() == 0
+    no_wm = {"labels": [{"value": 4, "name": "lesion"}]}
+    assert (postprocess_lesions(labels, no_wm, (1.0, 1.0, 1.0), 0.0) == 4).sum() == 64 + 27 + 27

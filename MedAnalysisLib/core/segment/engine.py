@@ -327,6 +327,49 @@ def remove_small_components(labels: np.ndarray, label: int, min_voxels: int) -> 
     return labels
 
 
+def remove_unhosted_components(labels: np.ndarray, label: int, host: int) -> np.ndarray:
+    """Relabel components of ``label`` whose one-voxel shell holds no ``host`` voxel (to the most
+    common label of that shell)."""
+    from scipy import ndimage
+
+    mask = labels == label
+    if not mask.any():
+        return labels
+    where = np.nonzero(mask)
+    box = tuple(slice(max(int(w.min()) - 1, 0), int(w.max()) + 2) for w in where)
+    sub = labels[box]
+    components, count = ndimage.label(sub == label, structure=np.ones((3, 3, 3)))
+    grown = ndimage.grey_dilation(components, footprint=np.ones((3, 3, 3), bool))
+    shell = (components == 0) & (grown > 0)
+    hosted = np.unique(grown[shell & (sub == host)])
+    orphans = np.setdiff1d(np.arange(1, count + 1), hosted)
+    if orphans.size == 0:
+        return labels
+    labels = labels.copy()
+    sub = labels[box]
+    for index in orphans:
+        ring = sub[shell & (grown == index)]
+        ring = ring[ring != label]
+        sub[components == index] = np.bincount(ring).argmax() if ring.size else 0
+    return labels
+
+
+def postprocess_lesions(labels: np.ndarray, config: dict, spacing_mm, lesion_min_ml: float) -> np.ndarray:
+    """Lesion clean-up of a model label map: components smaller than ``lesion_min_ml`` and, for a
+    model with a white-matter label (its lesions are white-matter lesions), components touching
+    no white matter take their neighbours' label."""
+    lesion = _lesion_label(config)
+    if lesion is None:
+        return labels
+    if lesion_min_ml > 0:
+        voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+        labels = remove_small_components(labels, lesion, int(np.ceil(lesion_min_ml / voxel_ml)))
+    host = _label_named(config, "white matter")
+    if host is not None:
+        labels = remove_unhosted_components(labels, lesion, host)
+    return labels
+
+
 def segment_image(image: sitk.Image, network, config: dict, settings: Optional[InferenceSettings] = None,
                   report: Optional[ProgressReporter] = None, subject="input") -> InferenceResult:
     """Segment a 3-D scalar image; labels come back on the input grid."""
@@ -347,10 +390,7 @@ def segment_image(image: sitk.Image, network, config: dict, settings: Optional[I
 
     started = time.perf_counter()
     report(0.9, "postprocessing")
-    lesion = _lesion_label(config)
-    if lesion is not None and settings.lesion_min_ml > 0:
-        voxel_ml = float(np.prod(model_grid["spacing"])) / 1000.0
-        labels = remove_small_components(labels, lesion, int(np.ceil(settings.lesion_min_ml / voxel_ml)))
+    labels = postprocess_lesions(labels, config, model_grid["spacing"], settings.lesion_min_ml)
     model_labels = _on_grid(labels, model_grid)
     if geometry.same_grid(model_labels, image, 1e-6):
         on_input = model_labels  # the input already is on the model's grid
@@ -364,11 +404,15 @@ def segment_image(image: sitk.Image, network, config: dict, settings: Optional[I
     return InferenceResult(on_input, probability_image, segmenter.device, seconds, segmenter.messages)
 
 
-def _lesion_label(config: dict) -> Optional[int]:
+def _label_named(config: dict, name: str) -> Optional[int]:
     for entry in config.get("labels", []):
-        if str(entry.get("name", "")).lower() == "lesion":
+        if str(entry.get("name", "")).lower() == name:
             return int(entry["value"])
     return None
+
+
+def _lesion_label(config: dict) -> Optional[int]:
+    return _label_named(config, "lesion")
 
 
 def check_segmentation_input(image: sitk.Image, config: dict, subject) -> None:
