@@ -227,6 +227,7 @@ def main(argv=None) -> int:
             "seed": args.seed,
             "command": command,
             "steps": state["step"],
+            "warm_start": args.init,
             "batch_size": args.batch,
             "patch_size": [args.patch] * 3,
             "wall_time_min": round(state["elapsed_s"] / 60.0, 1),
