@@ -152,6 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument("--lesion-weight", type=float, default=4.0,
+                    help="cross-entropy weight of the lesion class (the others have 1)")
     ap.add_argument("--val-every", type=float, default=10.0, help="minutes between validation + checkpoint + export")
     ap.add_argument("--log-every", type=int, default=25, help="steps between log lines")
     ap.add_argument("--threads", type=int, default=2)
@@ -215,7 +217,8 @@ def main(argv=None) -> int:
 
     from monai.losses import DiceCELoss
 
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=torch.tensor([1.0, 1.0, 1.0, 1.0, 2.0]))
+    class_weights = [1.0, 1.0, 1.0, 1.0, float(args.lesion_weight)]
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=torch.tensor(class_weights))
     ds = SynthStream(args.sample_dir, args.seed, state["step"], args.patch)
     loader = torch.utils.data.DataLoader(
         ds, batch_size=args.batch, num_workers=args.workers, prefetch_factor=4 if args.workers else None,
@@ -233,7 +236,7 @@ def main(argv=None) -> int:
             "wall_time_min": round(state["elapsed_s"] / 60.0, 1),
             "sessions": state["sessions"],
             "optimizer": f"AdamW lr {args.lr} wd {args.weight_decay}, cosine over the time budget ({args.minutes} min)",
-            "loss": "DiceCELoss(softmax, to_onehot_y, batch=True, class weights [1,1,1,1,2])",
+            "loss": f"DiceCELoss(softmax, to_onehot_y, batch=True, CE class weights {class_weights})",
             "data": "synthetic, generated on the fly from the MNI ICBM152 2009a template (MedAnalysisLib.core.segment.synth)",
             "hardware": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                          "cpu_count": os.cpu_count(), "torch_threads": args.threads, "device": "cpu"},
