@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=1e-4)
-    ap.add_argument("--lesion-weight", type=float, default=4.0,
+    ap.add_argument("--lesion-weight", type=float, default=2.0,
                     help="cross-entropy weight of the lesion class (the others have 1)")
     ap.add_argument("--val-every", type=float, default=10.0, help="minutes between validation + checkpoint + export")
     ap.add_argument("--log-every", type=int, default=25, help="steps between log lines")
