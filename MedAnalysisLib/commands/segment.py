@@ -20,6 +20,9 @@ def register(add) -> None:
     parser.add_argument("--trusted", action="store_true",
                         help="allow TorchScript files and MONAI bundle configs (they can run arbitrary code)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--lesion-threshold", type=float, default=None, metavar="P",
+                        help="lesion probability a voxel needs to be labelled lesion (default: the model's; "
+                             "argmax when it has none)")
 
 
 def run(args) -> int:
@@ -34,9 +37,12 @@ def run(args) -> int:
     suffix = output_suffix(args.output)
     if suffix not in IMAGE_SUFFIXES:
         raise InputError(args.output, f"unsupported output extension '{suffix}' (use .seg.nrrd or a labelmap format)")
+    if args.lesion_threshold is not None and not 0.0 < args.lesion_threshold <= 1.0:
+        raise InputError("--lesion-threshold", f"must be in (0, 1], got {args.lesion_threshold}")
     started = time.perf_counter()
     parameters = SegmentationParameters(model=args.model or DEFAULT_MODEL, device=args.device, tta=args.tta,
                                         trusted=args.trusted, threads=args.threads,
+                                        lesionThreshold=args.lesion_threshold,
                                         probabilities=bool(args.probabilities))
     scene = mrml.newScene()
     inputNode = mrml.loadVolumeNode(args.input, scene, name=Path(args.input).name.split(".")[0])

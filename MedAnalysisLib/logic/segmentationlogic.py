@@ -26,11 +26,13 @@ class SegmentationParameters:
     trusted: bool = False            # allow TorchScript / MONAI bundle configs (they can run code)
     threads: Optional[int] = None
     lesionMinMl: float = 0.02
+    lesionThreshold: Optional[float] = None  # lesion probability needed; None: the model's default, else argmax
     probabilities: bool = False
 
     def inferenceSettings(self) -> InferenceSettings:
         return InferenceSettings(device=self.device, tta=self.tta, threads=self.threads,
-                                 lesion_min_ml=self.lesionMinMl, return_probabilities=self.probabilities)
+                                 lesion_min_ml=self.lesionMinMl, lesion_threshold=self.lesionThreshold,
+                                 return_probabilities=self.probabilities)
 
 
 @dataclasses.dataclass

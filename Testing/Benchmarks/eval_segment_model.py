@@ -16,6 +16,10 @@ overlaps it; a false positive is a predicted lesion component touching no refere
 Prints one JSON object (per case and summary, with the issue's goals).
 
     python Testing/Benchmarks/eval_segment_model.py [--model PATH|catalog-name] [--cases 12]
+
+``--sweep 0.3,0.4,0.5`` scores lesion probability thresholds from one inference per case (to
+choose the model's ``inference.lesion_threshold`` on the validation seeds 1001-1004 with
+``--first-seed 1001 --cases 4``, never on the held-out seeds).
 """
 
 from __future__ import annotations
@@ -71,22 +75,8 @@ def score(pred: np.ndarray, ref: np.ndarray, voxel_ml: float, min_ml: float) -> 
     return entry
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="brain-tissue-lesion", help="catalog name or model file")
-    ap.add_argument("--cases", type=int, default=12)
-    ap.add_argument("--first-seed", type=int, default=5001)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--min-lesion-ml", type=float, default=0.1)
-    ap.add_argument("--tta", action="store_true")
-    args = ap.parse_args(argv)
-
-    import SimpleITK as sitk
-    import torch
-
-    torch.set_num_threads(args.threads)
-    model = models.load_model(args.model, resources.modelsDir())
-    settings = InferenceSettings(device="cpu", threads=args.threads, tta=args.tta)
+def template_cases(args):
+    """(template, [(name, image array, reference labels, info)]): held-out synthetic cases + the MNI T1."""
     template = synth.load_template(str(resources.samplePath("mni152_t1.nii.gz").parent))
 
     cases = []
@@ -99,6 +89,70 @@ def main(argv=None) -> int:
                                                     "lesions_ml": [round(v, 3) for v in info["lesion_volumes_ml"]]}))
     image, ref, info = synth.template_case(template)
     cases.append(("mni152_t1", image, ref, {"mode": "mni152_t1 (real template T1, brain-masked, no lesions)"}))
+
+    return template, cases
+
+
+def sweep(args, model, prepared, thresholds) -> int:
+    import SimpleITK as sitk
+    import torch
+
+    from MedAnalysisLib.core.segment.engine import SlidingWindowSegmenter, postprocess_lesions
+
+    template, cases = prepared
+    settings = InferenceSettings(device="cpu", threads=args.threads, tta=args.tta, return_probabilities=True)
+    sizes = [float(v) for v in args.sweep_min_ml.split(",")]
+    rows = {(t, m): [] for t in thresholds for m in sizes}
+    for name, array, ref, info in cases:
+        image = template.to_image(np.ascontiguousarray(array, dtype=np.float32))
+        out = segment_image(image, model.network, model.config, settings)
+        probabilities = torch.from_numpy(np.moveaxis(sitk.GetArrayFromImage(out.probabilities), -1, 0).copy())
+        if probabilities.shape[1:] != ref.shape:
+            raise SystemExit("--sweep needs cases on the model grid (1 mm, RAS)")
+        voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+        for t, m in rows:
+            decider = SlidingWindowSegmenter(model.network, model.config,
+                                             InferenceSettings(device="cpu", lesion_threshold=t))
+            pred = postprocess_lesions(decider._decide(probabilities).numpy(), model.config, image.GetSpacing(), m)
+            rows[(t, m)].append({"case": name, **score(pred, ref, voxel_ml, args.min_lesion_ml)})
+    summary = {}
+    for (t, m), entries in rows.items():
+        synthetic = [r for r in entries if r["case"].startswith("synth_")]
+        total = sum(r["reference_lesions"] for r in synthetic)
+        summary[f"threshold {t}, min {m} mL"] = {
+            "lesion_dice": round(float(np.mean([r["lesion"] for r in synthetic if r["lesion"] is not None])), 4),
+            "lesion_sensitivity": round(sum(r["found"] for r in synthetic) / total, 4) if total else None,
+            "false_positives_per_scan": round(sum(r["false_positives"] for r in entries) / len(entries), 3),
+            "gm": round(float(np.mean([r["gm"] for r in entries])), 4),
+            "wm": round(float(np.mean([r["wm"] for r in entries])), 4)}
+    print(json.dumps({"model": model.source, "seeds_from": args.first_seed, "cases": args.cases,
+                      "sweep": summary}, indent=1))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="brain-tissue-lesion", help="catalog name or model file")
+    ap.add_argument("--cases", type=int, default=12)
+    ap.add_argument("--first-seed", type=int, default=5001)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-lesion-ml", type=float, default=0.1)
+    ap.add_argument("--tta", action="store_true")
+    ap.add_argument("--lesion-threshold", type=float, default=None, help="default: the model's (else argmax)")
+    ap.add_argument("--sweep", default=None, help="comma-separated lesion thresholds to compare (one inference)")
+    ap.add_argument("--sweep-min-ml", default="0.02", help="comma-separated minimum lesion sizes (mL) for --sweep")
+    args = ap.parse_args(argv)
+
+    import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model = models.load_model(args.model, resources.modelsDir())
+    settings = InferenceSettings(device="cpu", threads=args.threads, tta=args.tta,
+                                 lesion_threshold=args.lesion_threshold)
+    if args.sweep:
+        return sweep(args, model, template_cases(args), [float(v) for v in args.sweep.split(",")])
+    template, cases = template_cases(args)
 
     results = []
     for name, array, ref, info in cases:

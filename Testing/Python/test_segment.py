@@ -262,3 +262,24 @@ def test_lesions_must_touch_white_matter():
     assert (postprocess_lesions(labels, config, (1.0, 1.0, 1.0), 0.1) == 4).sum() == 0
     no_wm = {"labels": [{"value": 4, "name": "lesion"}]}
     assert (postprocess_lesions(labels, no_wm, (1.0, 1.0, 1.0), 0.0) == 4).sum() == 64 + 27 + 27
+
+
+def test_lesion_threshold_moves_voxels_between_lesion_and_the_best_other_class():
+    from MedAnalysisLib.core.segment.engine import SlidingWindowSegmenter
+
+    config = {"labels": [{"value": v, "name": n} for v, n in
+                         enumerate(["background", "cerebrospinal fluid", "gray matter", "white matter", "lesion"])],
+              "inference": {"roi_size": [8, 8, 8]}, "network": {"args": {"out_channels": 5}}}
+    probabilities = torch.tensor([[0.1, 0.1, 0.2, 0.25, 0.35],    # lesion by argmax, below 0.5
+                                  [0.05, 0.05, 0.1, 0.2, 0.6],    # lesion either way
+                                  [0.1, 0.1, 0.1, 0.4, 0.3],      # white matter by argmax, lesion at 0.3
+                                  [0.7, 0.1, 0.1, 0.05, 0.05]]).T  # background
+    segmenter = SlidingWindowSegmenter(torch.nn.Identity(), config, InferenceSettings(device="cpu"))
+    assert segmenter._decide(probabilities).tolist() == [4, 4, 3, 0]
+    segmenter.settings = InferenceSettings(device="cpu", lesion_threshold=0.5)
+    assert segmenter._decide(probabilities).tolist() == [3, 4, 3, 0]
+    segmenter.settings = InferenceSettings(device="cpu", lesion_threshold=0.3)
+    assert segmenter._decide(probabilities).tolist() == [4, 4, 4, 0]
+    config["inference"]["lesion_threshold"] = 0.5  # the model's default applies when the settings have none
+    segmenter.settings = InferenceSettings(device="cpu")
+    assert segmenter._decide(probabilities).tolist() == [3, 4, 3, 0]

@@ -36,6 +36,7 @@ class InferenceSettings:
     threads: Optional[int] = None   # CPU threads (default: all cores)
     amp: bool = True                # mixed precision on GPU
     lesion_min_ml: float = 0.02     # lesion components smaller than this are removed
+    lesion_threshold: Optional[float] = None  # lesion probability needed (default: the model's, else argmax)
     return_probabilities: bool = False
 
 
@@ -145,6 +146,26 @@ class SlidingWindowSegmenter:
         self.classes = int(config["network"]["args"].get("out_channels", 2))
         self.messages: list = []
 
+    def _decide(self, probabilities):
+        """uint8 labels of (classes, ...) probabilities: argmax, except that with a lesion threshold
+        a voxel is lesion exactly when the lesion probability reaches it (else the best other class)."""
+        import torch
+
+        labels = probabilities.argmax(0)
+        threshold = self.settings.lesion_threshold
+        if threshold is None:
+            threshold = self.config.get("inference", {}).get("lesion_threshold")
+        lesion = _lesion_label(self.config)
+        if threshold is not None and lesion is not None and lesion < probabilities.shape[0]:
+            lesion_p = probabilities[lesion]
+            weak = (labels == lesion) & (lesion_p < float(threshold))
+            if bool(weak.any()):
+                others = probabilities[:, weak].clone()
+                others[lesion] = -1
+                labels[weak] = others.argmax(0)
+            labels[lesion_p >= float(threshold)] = lesion
+        return labels.to(torch.uint8)
+
     def _forward(self, window):
         import torch
 
@@ -223,7 +244,7 @@ class SlidingWindowSegmenter:
             probabilities = torch.softmax(blended, dim=0)
             probabilities[:, ~covered] = 0
             probabilities[0, ~covered] = 1
-            region_labels = probabilities.argmax(0).to(torch.uint8).cpu().numpy()
+            region_labels = self._decide(probabilities).cpu().numpy()
             region_probabilities = probabilities.cpu().numpy() if keep_probabilities else None
         labels = np.zeros(padded.shape, np.uint8)
         labels[region] = region_labels
@@ -278,7 +299,7 @@ class SlidingWindowSegmenter:
                 tensor = torch.from_numpy(np.ascontiguousarray(padded[low:high]))[None, None].to(self.device)
                 slab_probabilities = self._probabilities_with_fallback(tensor)
                 core = slice(start - low, stop - low)
-                labels[start:stop] = slab_probabilities[0].argmax(0)[core].to(torch.uint8).cpu().numpy()
+                labels[start:stop] = self._decide(slab_probabilities[0][:, core]).cpu().numpy()
                 if probabilities is not None:
                     probabilities[:, start:stop] = slab_probabilities[0][:, core].float().cpu().numpy()
                 del slab_probabilities, tensor
