@@ -5,7 +5,8 @@ Speed (one run, same network and weights, same input: the MNI T1 grid, TTA off, 
 blending for both, one warm-up each, timing from the input array in memory to the label map
 on the input grid):
   * plain MONAI: percentile normalization (the model's), sliding_window_inference with the
-    model's roi, overlap 0.25, sw_batch_size 1, float32, argmax, then the same lesion
+    model's roi, overlap 0.25, sw_batch_size 1, float32, then the model's decision rule (argmax,
+    or its lesion probability threshold: ``engine.decide_labels``) and the same lesion
     postprocessing as ours (``engine.postprocess_lesions``: lesion components under the default
     minimum size or touching no white matter relabelled; applied to both so the maps compare);
   * ours: MedAnalysisLib.core.segment.engine.segment_image at its defaults.
@@ -40,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from MedAnalysisLib import resources  # noqa: E402
 from MedAnalysisLib.core import geometry  # noqa: E402
 from MedAnalysisLib.core.segment.engine import (  # noqa: E402
-    InferenceSettings, normalize_percentile, postprocess_lesions, segment_image)
+    InferenceSettings, decide_labels, normalize_percentile, postprocess_lesions, segment_image)
 from MedAnalysisLib.core.segment.models import load_model  # noqa: E402
 
 
@@ -61,7 +62,7 @@ def plain_monai(image, model, device):
         logits = sliding_window_inference(torch.from_numpy(array)[None, None].to(device),
                                           roi_size=config["inference"]["roi_size"], sw_batch_size=1,
                                           predictor=model.network, overlap=0.25, mode="gaussian")
-        labels = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        labels = decide_labels(torch.softmax(logits[0], 0), config).cpu().numpy()  # the model's decision rule
     return postprocess_lesions(labels, config, image.GetSpacing(), InferenceSettings().lesion_min_ml)
 
 

@@ -121,6 +121,28 @@ def _pad_to(array: np.ndarray, shape: Sequence[int], value: float) -> tuple[np.n
     return np.pad(array, pads, constant_values=value), tuple(slice(0, n) for n in array.shape)
 
 
+def decide_labels(probabilities, config: dict, lesion_threshold: Optional[float] = None):
+    """uint8 labels of (classes, ...) torch probabilities: argmax, except that with a lesion
+    threshold (given, else the model config's ``inference.lesion_threshold``) a voxel is lesion
+    exactly when the lesion probability reaches it (else the best other class)."""
+    import torch
+
+    labels = probabilities.argmax(0)
+    threshold = lesion_threshold
+    if threshold is None:
+        threshold = config.get("inference", {}).get("lesion_threshold")
+    lesion = _lesion_label(config)
+    if threshold is not None and lesion is not None and lesion < probabilities.shape[0]:
+        lesion_p = probabilities[lesion]
+        weak = (labels == lesion) & (lesion_p < float(threshold))
+        if bool(weak.any()):
+            others = probabilities[:, weak].clone()
+            others[lesion] = -1
+            labels[weak] = others.argmax(0)
+        labels[lesion_p >= float(threshold)] = lesion
+    return labels.to(torch.uint8)
+
+
 class SlidingWindowSegmenter:
     """Runs a network over a normalized (k, j, i) array, slab by slab, returning uint8 labels."""
 
@@ -147,24 +169,7 @@ class SlidingWindowSegmenter:
         self.messages: list = []
 
     def _decide(self, probabilities):
-        """uint8 labels of (classes, ...) probabilities: argmax, except that with a lesion threshold
-        a voxel is lesion exactly when the lesion probability reaches it (else the best other class)."""
-        import torch
-
-        labels = probabilities.argmax(0)
-        threshold = self.settings.lesion_threshold
-        if threshold is None:
-            threshold = self.config.get("inference", {}).get("lesion_threshold")
-        lesion = _lesion_label(self.config)
-        if threshold is not None and lesion is not None and lesion < probabilities.shape[0]:
-            lesion_p = probabilities[lesion]
-            weak = (labels == lesion) & (lesion_p < float(threshold))
-            if bool(weak.any()):
-                others = probabilities[:, weak].clone()
-                others[lesion] = -1
-                labels[weak] = others.argmax(0)
-            labels[lesion_p >= float(threshold)] = lesion
-        return labels.to(torch.uint8)
+        return decide_labels(probabilities, self.config, self.settings.lesion_threshold)
 
     def _forward(self, window):
         import torch
