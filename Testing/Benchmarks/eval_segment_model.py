@@ -97,7 +97,7 @@ def sweep(args, model, prepared, thresholds) -> int:
     import SimpleITK as sitk
     import torch
 
-    from MedAnalysisLib.core.segment.engine import SlidingWindowSegmenter, postprocess_lesions
+    from MedAnalysisLib.core.segment.engine import decide_labels, postprocess_lesions
 
     template, cases = prepared
     settings = InferenceSettings(device="cpu", threads=args.threads, tta=args.tta, return_probabilities=True)
@@ -111,9 +111,8 @@ def sweep(args, model, prepared, thresholds) -> int:
             raise SystemExit("--sweep needs cases on the model grid (1 mm, RAS)")
         voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
         for t, m in rows:
-            decider = SlidingWindowSegmenter(model.network, model.config,
-                                             InferenceSettings(device="cpu", lesion_threshold=t))
-            pred = postprocess_lesions(decider._decide(probabilities).numpy(), model.config, image.GetSpacing(), m)
+            pred = postprocess_lesions(decide_labels(probabilities, model.config, t).numpy(), model.config,
+                                       image.GetSpacing(), m)
             rows[(t, m)].append({"case": name, **score(pred, ref, voxel_ml, args.min_lesion_ml)})
     summary = {}
     for (t, m), entries in rows.items():
