@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from MedAnalysisLib import resources  # noqa: E402
-from MedAnalysisLib.core.segment import models, synth  # noqa: E402
+from MedAnalysisLib.core.segment import models  # noqa: E402
+from Training import synth  # noqa: E402
 from MedAnalysisLib.core.segment.engine import InferenceSettings, segment_image  # noqa: E402
 
 CLASSES = ("csf", "gm", "wm", "lesion")

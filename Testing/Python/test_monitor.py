@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from conftest import REPO
 from MedAnalysisLib import mrml, resources
-from MedAnalysisLib.core import phantom
+from Training import phantom
 from MedAnalysisLib.core.labels import SegmentSpec
 from MedAnalysisLib.core.longitudinal import MonitoringThresholds, classify_change, match_lesions
 from MedAnalysisLib.core.quantify import measure_lesions

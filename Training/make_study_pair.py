@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate the bundled longitudinal sample pair from the MNI sample (deterministic).
 
-    python Resources/SampleData/make_study_pair.py
+    python Training/make_study_pair.py
 
 Writes, next to this script:
   study_baseline_t1.nii.gz, study_followup_t1.nii.gz   T1 at two time points (uint8): white-matter
@@ -23,10 +23,11 @@ import sys
 import numpy as np
 import SimpleITK as sitk
 
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
+REPO = pathlib.Path(__file__).resolve().parents[1]
+HERE = REPO / "Resources" / "SampleData"
+sys.path.insert(0, str(REPO))
 
-from MedAnalysisLib.core import phantom  # noqa: E402
+from Training import phantom  # noqa: E402
 
 SEED = 2026
 LESIONS = 10

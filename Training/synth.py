@@ -1,4 +1,4 @@
-"""SynthSeg-style synthetic training data from the MNI ICBM152 2009 tissue maps.
+"""SynthSeg-style synthetic training data from real-subject label maps and the MNI ICBM152 2009 tissue maps.
 
 Pure numpy / scipy / SimpleITK (no torch).  One template (label map + T1 + distance outside the
 brain) is loaded once with :func:`load_template`; :func:`synthesize_case` then draws a random
@@ -32,9 +32,50 @@ from scipy import ndimage
 
 LABEL_NAMES = ["background", "cerebrospinal fluid", "gray matter", "white matter", "lesion"]
 NUM_CLASSES = 5
-N_INTERNAL = 10
 BG, CSF, GM, WM, LESION, RIM, SKULL, SCALP, OTHER, MARROW = range(10)
-TARGET_LUT = np.array([0, 1, 2, 3, 4, 0, 0, 0, 0, 0], dtype=np.uint8)
+# Generation labels beyond the MNI set: real-subject label maps tell these structures apart, and
+# each gets its own intensity (as in SynthSeg), so the network cannot rely on one GM or WM value.
+(VENTRICLE, CEREB_GM, CEREB_WM, THALAMUS, CAUDATE, PUTAMEN, PALLIDUM, HIPPO_AMYG, ACCUMBENS, BRAINSTEM,
+ VENTRAL_DC, VESSEL, CHOROID) = range(10, 23)
+EXTRA_FIRST = 23  # 23..31: the extra-cerebral labels of the real-subject maps (random intensities)
+N_INTERNAL = 32
+TARGET_LUT = np.zeros(N_INTERNAL, dtype=np.uint8)
+TARGET_LUT[[CSF, VENTRICLE, CHOROID]] = 1
+TARGET_LUT[[GM, CEREB_GM, THALAMUS, CAUDATE, PUTAMEN, PALLIDUM, HIPPO_AMYG, ACCUMBENS, VESSEL]] = 2
+TARGET_LUT[[WM, CEREB_WM, BRAINSTEM, VENTRAL_DC]] = 3
+TARGET_LUT[LESION] = 4
+
+# FreeSurfer labels of the SynthSeg training maps -> generation label (target class via TARGET_LUT).
+# Documented in the model card; labels not listed (none in the 20 maps) become background.
+FREESURFER_TO_GENERATION: Dict[int, int] = {
+    0: BG,
+    2: WM, 41: WM,  # cerebral white matter
+    3: GM, 42: GM,  # cerebral cortex
+    4: VENTRICLE, 43: VENTRICLE, 5: VENTRICLE, 44: VENTRICLE, 14: VENTRICLE, 15: VENTRICLE, 72: VENTRICLE,
+    24: CSF,  # sulcal / extra-cerebral CSF
+    7: CEREB_WM, 46: CEREB_WM,
+    8: CEREB_GM, 47: CEREB_GM,
+    10: THALAMUS, 49: THALAMUS,
+    11: CAUDATE, 50: CAUDATE,
+    12: PUTAMEN, 51: PUTAMEN,
+    13: PALLIDUM, 52: PALLIDUM,
+    17: HIPPO_AMYG, 53: HIPPO_AMYG, 18: HIPPO_AMYG, 54: HIPPO_AMYG,
+    26: ACCUMBENS, 58: ACCUMBENS,
+    16: BRAINSTEM,
+    28: VENTRAL_DC, 60: VENTRAL_DC, 85: VENTRAL_DC,  # ventral diencephalon, optic chiasm: white-matter-like
+    30: VESSEL, 62: VESSEL,
+    136: CHOROID, 137: CHOROID, 163: CHOROID, 164: CHOROID,  # small periventricular labels next to the ventricles
+    25: LESION, 57: LESION,  # white-matter lesions (real shapes)
+    502: EXTRA_FIRST, 506: EXTRA_FIRST + 1, 507: EXTRA_FIRST + 2, 508: EXTRA_FIRST + 3, 509: EXTRA_FIRST + 4,
+    511: SCALP,  # outer skin layer
+    512: EXTRA_FIRST + 5, 514: EXTRA_FIRST + 6,
+    515: SKULL, 516: MARROW,
+    530: EXTRA_FIRST + 7,
+}
+# The four maps kept out of training (validation and evaluation only).
+HELD_OUT_MAPS = ("training_seg_17", "training_seg_18", "training_seg_19", "training_seg_20")
+CONTRASTS = ("t1", "t2", "pd", "flair", "random")
+TRAIN_CONTRAST_PROBS = (0.35, 0.15, 0.10, 0.25, 0.15)
 
 # Intensity normalisation used for training *and* inference (whole volume, after resampling to 1 mm).
 NORM_PERCENTILES = (0.5, 99.5)
@@ -44,21 +85,23 @@ _PAD = 24  # voxels of padding around the template grid (room for the synthetic 
 
 @dataclasses.dataclass
 class Template:
-    """The MNI template prepared for synthesis (padded grid, 1 mm)."""
+    """One anatomy prepared for synthesis (padded grid, 1 mm): the MNI template or a real subject's label map."""
 
-    labels: np.ndarray  # uint8, padded, 0 bg 1 CSF 2 GM 3 WM
-    t1: np.ndarray  # float32 0..1, padded (brain-masked T1)
-    dist: np.ndarray  # float32, distance (mm) outside the brain mask, 0 inside
+    labels: np.ndarray  # uint8 generation labels (see TARGET_LUT), padded
+    t1: Optional[np.ndarray]  # float32 0..1, padded (brain-masked real T1); None for label maps
+    dist: Optional[np.ndarray]  # float32 distance (mm) outside the brain; only where head layers are drawn
     shape: Tuple[int, int, int]  # original (unpadded) grid shape, z y x
     pad: int
     brain_points: np.ndarray  # (n, 3) int32 padded indices of a subsample of brain voxels
     brain_bbox: Tuple[np.ndarray, np.ndarray]  # padded index bbox (lo, hi) of the brain
     mc_labels: np.ndarray  # labels at fixed random voxels of the original grid (normalisation estimate)
     mc_dist: np.ndarray
-    mc_t1: np.ndarray
+    mc_t1: Optional[np.ndarray]
     spacing: Tuple[float, float, float]
     origin: Tuple[float, float, float]
     direction: Tuple[float, ...]
+    name: str = "mni152"
+    has_head: bool = False  # True: the labels already hold skull, skin and other extra-cerebral tissue
 
     def to_image(self, array: np.ndarray):
         """Wrap a full-grid (unpadded) array as a SimpleITK image with the template geometry."""
@@ -75,6 +118,16 @@ def _read(path: str):
     import SimpleITK as sitk
 
     return sitk.ReadImage(path)
+
+
+def _sample_points(labels_p: np.ndarray, dist: np.ndarray, shape, pad: int, mc_samples: int, seed: int):
+    brain = TARGET_LUT[labels_p] > 0
+    idx = np.argwhere(brain)
+    lo, hi = idx.min(0), idx.max(0)
+    rng = np.random.default_rng(seed)
+    pts = idx[rng.choice(len(idx), size=min(len(idx), 200000), replace=False)].astype(np.int32)
+    mc = np.stack([rng.integers(0, s, size=mc_samples) for s in shape], axis=0) + pad
+    return pts, (lo, hi), mc, dist[mc[0], mc[1], mc[2]]
 
 
 def load_template(sample_dir: str, mc_samples: int = 40000, seed: int = 12345) -> Template:
@@ -94,18 +147,8 @@ def load_template(sample_dir: str, mc_samples: int = 40000, seed: int = 12345) -
     t1_p = np.pad(t1, pads, mode="constant")
     labels_p[:p] = labels_p[p]
     t1_p[:p] = t1_p[p]
-    brain = labels_p > 0
-    dist = ndimage.distance_transform_edt(~brain).astype(np.float32)
-
-    idx = np.argwhere(brain)
-    lo, hi = idx.min(0), idx.max(0)
-    rng = np.random.default_rng(seed)
-    pts = idx[rng.choice(len(idx), size=min(len(idx), 200000), replace=False)].astype(np.int32)
-
-    mc = np.stack([rng.integers(0, s, size=mc_samples) for s in shape], axis=0) + p
-    mc_labels = labels_p[mc[0], mc[1], mc[2]]
-    mc_dist = dist[mc[0], mc[1], mc[2]]
-    mc_t1 = t1_p[mc[0], mc[1], mc[2]]
+    dist = ndimage.distance_transform_edt(labels_p == 0).astype(np.float32)
+    pts, bbox, mc, mc_dist = _sample_points(labels_p, dist, shape, p, mc_samples, seed)
     return Template(
         labels=labels_p,
         t1=t1_p,
@@ -113,14 +156,63 @@ def load_template(sample_dir: str, mc_samples: int = 40000, seed: int = 12345) -
         shape=tuple(int(s) for s in shape),
         pad=p,
         brain_points=pts,
-        brain_bbox=(lo, hi),
-        mc_labels=mc_labels,
+        brain_bbox=bbox,
+        mc_labels=labels_p[mc[0], mc[1], mc[2]],
         mc_dist=mc_dist,
-        mc_t1=mc_t1,
+        mc_t1=t1_p[mc[0], mc[1], mc[2]],
         spacing=lab_img.GetSpacing(),
         origin=lab_img.GetOrigin(),
         direction=lab_img.GetDirection(),
     )
+
+
+def load_label_map(path: str, mc_samples: int = 40000, seed: int = 12345, margin: int = 6) -> Template:
+    """Load a real subject's FreeSurfer-style whole-head label map (SynthSeg training maps) as a Template.
+
+    The map is converted with :data:`FREESURFER_TO_GENERATION`, reoriented to the MNI axis order
+    (index axes Right, Anterior, Superior; arrays z, y, x) and cropped to the head plus ``margin``.
+    """
+    import SimpleITK as sitk
+
+    img = sitk.DICOMOrient(_read(path), "RAS")
+    fs = sitk.GetArrayFromImage(img).astype(np.int32)
+    lut = np.zeros(int(fs.max()) + 1, dtype=np.uint8)
+    for fs_label, gen in FREESURFER_TO_GENERATION.items():
+        if fs_label < lut.size:
+            lut[fs_label] = gen
+    labels = lut[fs]
+    del fs
+    idx = np.argwhere(labels > 0)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, labels.shape)
+    labels = np.ascontiguousarray(labels[tuple(slice(a, b) for a, b in zip(lo, hi))])
+    dist = ndimage.distance_transform_edt(TARGET_LUT[labels] == 0).astype(np.float32)
+    pts, bbox, mc, mc_dist = _sample_points(labels, dist, labels.shape, 0, mc_samples, seed)
+    origin = img.TransformIndexToPhysicalPoint([int(v) for v in lo[::-1]])
+    return Template(
+        labels=labels,
+        t1=None,
+        dist=None,
+        shape=tuple(int(s) for s in labels.shape),
+        pad=0,
+        brain_points=pts,
+        brain_bbox=bbox,
+        mc_labels=labels[mc[0], mc[1], mc[2]],
+        mc_dist=mc_dist,
+        mc_t1=None,
+        spacing=img.GetSpacing(),
+        origin=origin,
+        direction=img.GetDirection(),
+        name=os.path.basename(path).split(".")[0],
+        has_head=True,
+    )
+
+
+def label_map_paths(data_dir: str, held_out: bool = False) -> List[str]:
+    """The real-subject label maps in ``data_dir``: the training ones, or the held-out ones."""
+    names = sorted(f for f in os.listdir(data_dir) if f.endswith(".nii.gz"))
+    keep = [f for f in names if (f.split(".")[0] in HELD_OUT_MAPS) == held_out]
+    return [os.path.join(data_dir, f) for f in keep]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,32 +294,57 @@ def _head_labels(lab: np.ndarray, dist: np.ndarray, hp: dict, thick_noise=None, 
     return out
 
 
-def _gmm_params(rng: np.random.Generator, t1_like: bool) -> Tuple[np.ndarray, np.ndarray]:
+# Tissue mean ranges (normalised 0..1) per contrast: CSF, GM, WM, and the lesion direction against WM.
+_CONTRAST_RANGES = {
+    "t1": {"csf": (0.05, 0.35), "gm": (0.38, 0.60), "wm": (0.62, 0.92), "lesion_hyper_prob": 0.1},
+    "t2": {"csf": (0.75, 1.00), "gm": (0.42, 0.62), "wm": (0.22, 0.42), "lesion_hyper_prob": 0.95},
+    "pd": {"csf": (0.60, 0.90), "gm": (0.50, 0.70), "wm": (0.35, 0.52), "lesion_hyper_prob": 0.9},
+    "flair": {"csf": (0.00, 0.15), "gm": (0.40, 0.60), "wm": (0.25, 0.42), "lesion_hyper_prob": 1.0},
+}
+# Deep grey structures lie between GM and WM: the fraction of the way from GM to WM.
+_DEEP_FRACTION = {THALAMUS: (0.3, 0.7), CAUDATE: (0.0, 0.3), PUTAMEN: (0.1, 0.45), PALLIDUM: (0.4, 0.9),
+                  HIPPO_AMYG: (0.0, 0.25), ACCUMBENS: (0.0, 0.3), BRAINSTEM: (0.6, 1.0), VENTRAL_DC: (0.55, 1.0)}
+
+
+def _gmm_params(rng: np.random.Generator, contrast: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-generation-label Gaussian means and standard deviations for one contrast (0..1 scale)."""
     u = rng.uniform
-    means = np.zeros(N_INTERNAL, np.float32)
+    means = u(0, 1, N_INTERNAL).astype(np.float32)  # extra-cerebral and other labels: any intensity
+    means[BG] = u(0, 0.08)
     for _ in range(50):
-        if t1_like:
-            means[:] = [u(0, 0.05), u(0.05, 0.35), u(0.38, 0.6), u(0.62, 0.92), 0, 0, u(0, 0.15),
-                        u(0.6, 1.0), u(0.2, 0.7), u(0.3, 0.8)]
+        if contrast in _CONTRAST_RANGES:
+            r = _CONTRAST_RANGES[contrast]
+            means[CSF], means[GM], means[WM] = u(*r["csf"]), u(*r["gm"]), u(*r["wm"])
         else:
-            means[:] = u(0, 1, N_INTERNAL)
-            means[BG] = u(0, 0.08)
-            if rng.random() < 0.8:
-                means[SKULL] = u(0, 0.2)
+            means[[CSF, GM, WM]] = u(0, 1, 3)
         tissue = means[[CSF, GM, WM]]
         if min(abs(tissue[0] - tissue[1]), abs(tissue[0] - tissue[2]), abs(tissue[1] - tissue[2])) >= 0.06:
             break
+    if rng.random() < 0.8:
+        means[SKULL] = u(0, 0.2)  # cortical bone is dark in nearly every MR contrast
+    if contrast == "t1":
+        means[[SCALP, MARROW]] = u(0.6, 1.0), u(0.3, 0.8)  # fat is bright on T1
+        means[OTHER] = u(0.2, 0.7)
+    gm, wm = float(means[GM]), float(means[WM])
+    for label, (f0, f1) in _DEEP_FRACTION.items():
+        means[label] = gm + (wm - gm) * u(f0, f1)
+    means[CEREB_GM] = np.clip(gm + u(-0.06, 0.06), 0, 1)
+    means[CEREB_WM] = np.clip(wm + u(-0.06, 0.06), 0, 1)
+    means[VENTRICLE] = np.clip(means[CSF] + u(-0.04, 0.04), 0, 1)
+    means[CHOROID] = means[CSF] + (gm - means[CSF]) * u(0.2, 0.8)
     means[RIM] = np.clip(means[CSF] + u(-0.05, 0.05), 0, 1)
     stds = u(0.005, 0.05, N_INTERNAL).astype(np.float32)
     stds[BG] = u(0, 0.01)
     return means, stds
 
 
-def _lesion_delta(rng: np.random.Generator, wm: float, t1_like: bool, relative: bool) -> float:
+def _lesion_delta(rng: np.random.Generator, wm: float, contrast: str, relative: bool) -> float:
     """Signed lesion-minus-WM contrast, at least a random margin away from 0."""
-    hypo = rng.random() < (0.75 if t1_like else 0.5)
-    mag = rng.uniform(0.1, 0.55) if not relative else rng.uniform(0.12, 0.55)
-    sign = -1.0 if hypo else 1.0
+    hyper_prob = _CONTRAST_RANGES[contrast]["lesion_hyper_prob"] if contrast in _CONTRAST_RANGES else 0.5
+    sign = 1.0 if rng.random() < hyper_prob else -1.0
+    mag = rng.uniform(0.12, 0.55)
+    if contrast == "flair":
+        mag = rng.uniform(0.2, 0.6)  # FLAIR lesions stand out
     if relative:
         return sign * mag
     if not 0.0 <= wm + sign * mag <= 1.15:
@@ -288,7 +405,8 @@ def synthesize_case(
     whole_head_prob: float = 0.5,
     lesion_count: Tuple[int, int] = (0, 6),
     real_prob: float = 0.3,
-    t1_like_prob: float = 0.75,
+    contrast: Optional[str] = None,
+    contrast_probs: Sequence[float] = TRAIN_CONTRAST_PROBS,
 ) -> Tuple[np.ndarray, np.ndarray, dict]:
     """One synthetic (image, target label, info) case.
 
@@ -296,7 +414,9 @@ def synthesize_case(
     otherwise a patch of that size centred (mostly) on a random brain voxel.  The image is
     float32 normalised like at inference (0.5/99.5 % percentiles of the whole volume -> 0..1;
     for patches the whole-volume percentiles are estimated from the label composition of the
-    template), the label is uint8 in 0..4.
+    template), the label is uint8 in 0..4.  ``contrast`` is one of :data:`CONTRASTS` (None: drawn
+    with ``contrast_probs``); ``real_prob`` is the chance of using the real MNI T1 intensities
+    (MNI template and T1 contrast only).
     """
     u = rng.uniform
     full = patch_size is None
@@ -328,11 +448,14 @@ def synthesize_case(
             coords[i] += disp[i]
 
     lab = ndimage.map_coordinates(template.labels, coords, order=0, mode="constant", cval=0, prefilter=False)
-    dist = ndimage.map_coordinates(template.dist, coords, order=1, mode="nearest", prefilter=False)
+    dist = None
+    if not template.has_head:
+        dist = ndimage.map_coordinates(template.dist, coords, order=1, mode="nearest", prefilter=False)
 
-    real = rng.random() < real_prob
+    if contrast is None:
+        contrast = CONTRASTS[int(rng.choice(len(CONTRASTS), p=np.asarray(contrast_probs) / np.sum(contrast_probs)))]
+    real = template.t1 is not None and contrast == "t1" and rng.random() < real_prob
     whole_head = rng.random() < whole_head_prob
-    t1_like = real or rng.random() < t1_like_prob
     if real:
         t1 = ndimage.map_coordinates(template.t1, coords, order=1, mode="constant", cval=0, prefilter=False)
     del coords
@@ -346,9 +469,11 @@ def synthesize_case(
         "other": u(0, 30) if rng.random() < 0.6 else 0.0,
         "other_thr": u(-0.5, 0.8),
     }
-    thick = _smooth_field(rng, out_shape, (3, 6), u(0, 1.5))
-    blob = _smooth_field(rng, out_shape, (5, 9), 1.0) if hp["other"] > 0 else None
-    lab = _head_labels(lab, dist, hp, thick, blob)
+    if not template.has_head:
+        thick = _smooth_field(rng, out_shape, (3, 6), u(0, 1.5))
+        blob = _smooth_field(rng, out_shape, (5, 9), 1.0) if hp["other"] > 0 else None
+        lab = _head_labels(lab, dist, hp, thick, blob)
+        del dist
     strip_dilate = int(rng.integers(0, 4))
 
     # ---- lesions
@@ -356,21 +481,21 @@ def synthesize_case(
     lesion_volumes = _place_lesions(lab, rng, n_les)
 
     # ---- intensities
-    means, stds = _gmm_params(rng, t1_like)
+    means, stds = _gmm_params(rng, contrast)
     if real:
         gain = u(0.8, 1.2)
         img = means[lab] + stds[lab] * rng.standard_normal(out_shape, dtype=np.float32)
-        brain = (lab >= CSF) & (lab <= LESION)
+        brain = TARGET_LUT[lab] > 0
         img[brain] = t1[brain] * gain
         wm_ref = 214.0 / 255.0 * gain
         # extra-cerebral tissue relative to real WM: skull dark, scalp/fat bright
         if lesion_volumes:
             les = lab == LESION
-            delta = _lesion_delta(rng, wm_ref, True, relative=True)
+            delta = _lesion_delta(rng, wm_ref, "t1", relative=True)
             img[les] = t1[les] * gain * (1 + delta) + u(0.005, 0.04) * rng.standard_normal(int(les.sum()), dtype=np.float32)
         del t1
     else:
-        les_mean = means[WM] + _lesion_delta(rng, float(means[WM]), t1_like, relative=False)
+        les_mean = means[WM] + _lesion_delta(rng, float(means[WM]), contrast, relative=False)
         means[LESION] = les_mean
         stds[LESION] = u(0.01, 0.06)
         img = means[lab] + stds[lab] * rng.standard_normal(out_shape, dtype=np.float32)
@@ -422,7 +547,7 @@ def synthesize_case(
 
     # ---- skull stripping (imperfect: brain mask dilated by 0..3 voxels)
     if not whole_head:
-        mask = (lab >= CSF) & (lab <= LESION)
+        mask = TARGET_LUT[lab] > 0
         if strip_dilate:
             mask = ndimage.binary_dilation(mask, iterations=strip_dilate)
         img[~mask] = 0.0
@@ -431,10 +556,12 @@ def synthesize_case(
     if full:
         lo, hi = np.percentile(img, NORM_PERCENTILES)
     else:
-        mlab = _head_labels(template.mc_labels, template.mc_dist, dict(hp, other=0.0))
+        mlab = template.mc_labels
+        if not template.has_head:
+            mlab = _head_labels(mlab, template.mc_dist, dict(hp, other=0.0))
         mimg = means[mlab] + stds[mlab] * rng.standard_normal(mlab.shape, dtype=np.float32)
         if real:
-            mb = (mlab >= CSF) & (mlab <= WM)
+            mb = (TARGET_LUT[mlab] > 0) & (TARGET_LUT[mlab] < LESION)
             mimg[mb] = template.mc_t1[mb] * gain
         mimg = add_noise(mimg.astype(np.float32), rng)
         if not whole_head:
@@ -453,7 +580,9 @@ def synthesize_case(
     img = img.astype(np.float32)
 
     info = {
-        "mode": "real_t1" if real else ("t1_like_gmm" if t1_like else "random_gmm"),
+        "mode": "real_t1" if real else f"{contrast}_gmm",
+        "contrast": contrast,
+        "anatomy": template.name,
         "whole_head": whole_head,
         "flipped": flipped,
         "lesion_volumes_ml": lesion_volumes,
@@ -465,7 +594,9 @@ def synthesize_case(
         "elastic_sigma_mm": sigma_el,
         "norm_lo_hi": (float(lo), float(hi)),
     }
-    return img, TARGET_LUT[lab], info
+    target = TARGET_LUT[lab]
+    info["lesion_ml_total"] = float((target == LESION).sum()) / 1000.0
+    return img, target, info
 
 
 def make_validation_set(
@@ -474,13 +605,19 @@ def make_validation_set(
     whole_head: Optional[Sequence[bool]] = None,
     lesion_count: Tuple[int, int] = (3, 6),
     real_prob: float = 0.0,
+    contrast: Optional[Union[str, Sequence[str]]] = None,
 ) -> List[Tuple[np.ndarray, np.ndarray, dict]]:
-    """Full-volume synthetic cases (template grid, 1 mm) for evaluation, one per seed (deterministic)."""
+    """Full-volume synthetic cases (template grid, 1 mm) for evaluation, one per seed (deterministic).
+
+    ``contrast``: one contrast for all cases, one per seed, or None (drawn as in training).
+    """
     cases = []
     for i, seed in enumerate(seeds):
         wh = 0.5 if whole_head is None else (1.0 if whole_head[i] else 0.0)
+        c = contrast if contrast is None or isinstance(contrast, str) else contrast[i]
         rng = np.random.default_rng(int(seed))
-        img, lab, info = synthesize_case(template, rng, None, whole_head_prob=wh, lesion_count=lesion_count, real_prob=real_prob)
+        img, lab, info = synthesize_case(template, rng, None, whole_head_prob=wh, lesion_count=lesion_count,
+                                         real_prob=real_prob, contrast=c)
         info["seed"] = int(seed)
         cases.append((img, lab, info))
     return cases

@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from . import geometry
+from MedAnalysisLib.core import geometry
 
 FATES = ("grown", "shrunk", "stable", "vanished", "new")
 

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python -m MedAnalysisLib.core.segment.train --out training-runs/default --minutes 140 --seed 0 [--resume]
+    python -m Training.train --out training-runs/default --minutes 140 --seed 0 [--resume]
 
-Cases are synthesised on the fly (:mod:`MedAnalysisLib.core.segment.synth`) by one DataLoader
+Cases are synthesised on the fly (:mod:`Training.synth`) by one DataLoader
 worker while the main process trains.  ``--minutes`` is the total training wall time, summed
 over resumed sessions.  Every ``--val-every`` minutes (and at the end, and on SIGTERM/SIGINT)
 the run validates, writes a resumable checkpoint ``<out>/checkpoint.pt`` (tensors and plain
@@ -30,30 +30,40 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from . import synth
-from .netconfig import MODEL_NAME, build_network, count_parameters, default_config
+from Training import synth
+from MedAnalysisLib.core.segment.netconfig import MODEL_NAME, build_network, count_parameters, default_config
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-VAL_SEEDS = (1001, 1002, 1003, 1004)  # synthetic validation volumes: whole head, skull-stripped, whole head, skull-stripped
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VAL_SEEDS = (1001, 1002, 1003, 1004)  # one per held-out label map (synth.HELD_OUT_MAPS)
+VAL_CONTRASTS = ("t1", "flair", "t2", "t1")
+VAL_WHOLE_HEAD = (True, False, True, False)
 
 
 class SynthStream(torch.utils.data.IterableDataset):
-    """Endless stream of synthetic (image, label) patches; the template is loaded in the worker."""
+    """Endless stream of synthetic (image, label) patches; the anatomies are loaded in the worker.
 
-    def __init__(self, sample_dir: str, seed: int, start_step: int, patch: int):
+    Each case draws its anatomy: the MNI template with probability ``mni_prob``, otherwise one of
+    the training label maps (real subjects) in ``label_map_dir``.
+    """
+
+    def __init__(self, sample_dir: str, label_map_dir: str, seed: int, start_step: int, patch: int, mni_prob: float):
         super().__init__()
         self.sample_dir = sample_dir
+        self.label_map_dir = label_map_dir
         self.seed = seed
         self.start_step = start_step
         self.patch = patch
+        self.mni_prob = mni_prob
 
     def __iter__(self):
         torch.set_num_threads(1)
         info = torch.utils.data.get_worker_info()
         wid = info.id if info is not None else 0
-        template = synth.load_template(self.sample_dir)
+        mni = synth.load_template(self.sample_dir)
+        maps = [synth.load_label_map(p) for p in synth.label_map_paths(self.label_map_dir)] if self.label_map_dir else []
         rng = np.random.default_rng([self.seed, self.start_step, wid])
         while True:
+            template = mni if not maps or rng.random() < self.mni_prob else maps[int(rng.integers(len(maps)))]
             img, lab, _ = synth.synthesize_case(template, rng, self.patch)
             yield torch.from_numpy(img[None]), torch.from_numpy(lab[None].astype(np.int64))
 
@@ -78,12 +88,13 @@ def dice_per_class(pred: np.ndarray, gt: np.ndarray, n: int = 5) -> List[float]:
     return out
 
 
-def build_validation(template, log) -> List[dict]:
+def build_validation(template, label_map_dir, log) -> List[dict]:
     cases = []
-    for (img, lab, info), name in zip(
-        synth.make_validation_set(template, VAL_SEEDS, whole_head=[True, False, True, False]),
-        ["synth_head", "synth_stripped", "synth_head2", "synth_stripped2"],
-    ):
+    held_out = synth.label_map_paths(label_map_dir, held_out=True) if label_map_dir else []
+    for path, seed, contrast, whole_head in zip(held_out, VAL_SEEDS, VAL_CONTRASTS, VAL_WHOLE_HEAD):
+        anatomy = synth.load_label_map(path)
+        (img, lab, info), = synth.make_validation_set(anatomy, [seed], whole_head=[whole_head], contrast=contrast)
+        name = f"{anatomy.name[-2:]}_{contrast}_{'head' if whole_head else 'stripped'}"
         cases.append({"name": name, "image": img, "label": lab, "info": info})
     img, lab, info = synth.template_case(template)
     cases.append({"name": "mni152_t1", "image": img, "label": lab, "info": info})
@@ -93,8 +104,7 @@ def build_validation(template, log) -> List[dict]:
         hi = np.minimum(idx.max(0) + 13, c["label"].shape)
         sl = tuple(slice(a, b) for a, b in zip(lo, hi))
         c["image"], c["label"] = c["image"][sl].copy(), c["label"][sl].copy()
-        log(f"validation case {c['name']}: shape {c['image'].shape}, lesions {len(c['info']['lesion_volumes_ml'])} "
-            f"({sum(c['info']['lesion_volumes_ml']):.2f} mL)")
+        log(f"validation case {c['name']}: shape {c['image'].shape}, lesion {(c['label'] == 4).sum() / 1000.0:.2f} mL")
     return cases
 
 
@@ -142,6 +152,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="resume from <out>/checkpoint.pt (also automatic when it exists)")
     ap.add_argument("--sample-dir", default=os.path.join(_REPO, "Resources", "SampleData"))
+    ap.add_argument("--label-maps", default=os.path.join(_REPO, "Training", "Data", "synthseg_label_maps"),
+                    help="folder of real-subject label maps (SynthSeg training maps); '' for the MNI template only")
+    ap.add_argument("--mni-prob", type=float, default=0.15, help="share of training cases drawn from the MNI template")
     ap.add_argument("--models-dir", default=os.path.join(_REPO, "Resources", "Models"), help="where the best weights are exported")
     ap.add_argument("--init", default=None,
                     help="warm start: initial network weights (.safetensors with the same network config); "
@@ -174,7 +187,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     cfg = default_config()
     cfg["inference"]["roi_size"] = [args.patch] * 3
-    command = "python -m MedAnalysisLib.core.segment.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m Training.train " + " ".join(sys.argv[1:] if argv is None else argv)
 
     state = {"step": 0, "elapsed_s": 0.0, "best_mean_dice": -1.0, "best_step": -1, "history": [], "sessions": 0}
     torch.manual_seed(args.seed)
@@ -212,14 +225,14 @@ def main(argv=None) -> int:
         return 0
 
     template = synth.load_template(args.sample_dir)
-    val_cases = build_validation(template, log)
+    val_cases = build_validation(template, args.label_maps, log)
     del template
 
     from monai.losses import DiceCELoss
 
     class_weights = [1.0, 1.0, 1.0, 1.0, float(args.lesion_weight)]
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=torch.tensor(class_weights))
-    ds = SynthStream(args.sample_dir, args.seed, state["step"], args.patch)
+    ds = SynthStream(args.sample_dir, args.label_maps, args.seed, state["step"], args.patch, args.mni_prob)
     loader = torch.utils.data.DataLoader(
         ds, batch_size=args.batch, num_workers=args.workers, prefetch_factor=4 if args.workers else None,
         persistent_workers=bool(args.workers),
@@ -237,7 +250,10 @@ def main(argv=None) -> int:
             "sessions": state["sessions"],
             "optimizer": f"AdamW lr {args.lr} wd {args.weight_decay}, cosine over the time budget ({args.minutes} min)",
             "loss": f"DiceCELoss(softmax, to_onehot_y, batch=True, CE class weights {class_weights})",
-            "data": "synthetic, generated on the fly from the MNI ICBM152 2009a template (MedAnalysisLib.core.segment.synth)",
+            "data": "synthetic, generated on the fly (Training.synth) from 16 real-subject label maps "
+                    "(SynthSeg training maps 01-16, Apache-2.0) and the MNI ICBM152 2009a template "
+                    f"({args.mni_prob:.0%} of cases); contrasts T1/T2/PD/FLAIR/random "
+                    f"{synth.TRAIN_CONTRAST_PROBS}",
             "hardware": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                          "cpu_count": os.cpu_count(), "torch_threads": args.threads, "device": "cpu"},
             "software": {"python": platform.python_version(), "torch": torch.__version__,
@@ -245,8 +261,9 @@ def main(argv=None) -> int:
             "parameters": n_params,
             "best_step": state["best_step"],
             "best_mean_dice": state["best_mean_dice"],
-            "validation_cases": "synth_head (seed 1001, whole head), synth_stripped (seed 1002, skull-stripped), "
-                                "mni152_t1 (real template T1, no lesions); Dice for [CSF, GM, WM, lesion]",
+            "validation_cases": "held-out label maps 17-20 rendered as T1 head, FLAIR stripped, T2 head, T1 stripped "
+                                "(seeds 1001-1004), and mni152_t1 (real template T1, no lesions); "
+                                "Dice for [CSF, GM, WM, lesion]",
             "validation_history": state["history"],
         }
 

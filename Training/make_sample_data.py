@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate the MNI ICBM152 2009 sample from the copy the ``nilearn`` wheel ships.
 
-    python Resources/SampleData/make_sample_data.py
+    python Training/make_sample_data.py
 
 Writes, next to this script:
   mni152_t1.nii.gz          T1 template (brain-masked, 1 mm, uint8), as nilearn ships it
@@ -29,7 +29,7 @@ def nilearn_data_folder() -> pathlib.Path:
     return pathlib.Path(nilearn.datasets.__file__).parent / "data"
 
 
-def main(out_dir: pathlib.Path = pathlib.Path(__file__).resolve().parent) -> None:
+def main(out_dir: pathlib.Path = pathlib.Path(__file__).resolve().parents[1] / "Resources" / "SampleData") -> None:
     source = nilearn_data_folder()
     read = lambda name: sitk.ReadImage(str(source / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz"))
     t1, gm, wm = read("t1"), read("gm"), read("wm")
