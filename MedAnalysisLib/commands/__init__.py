@@ -3,4 +3,5 @@
 ``--json``) and ``handler(args) -> exit code`` does the work. Keep handlers thin: parse
 arguments into the operation's parameter dataclass and call one logic/core function."""
 
-COMMANDS = ("info", "demo", "scan", "importcmd", "enhance", "register", "segment", "models", "monitor", "batch")
+COMMANDS = ("info", "demo", "scan", "importcmd", "enhance", "register", "segment", "brainmask", "models", "monitor",
+            "batch")

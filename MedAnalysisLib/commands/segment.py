@@ -23,6 +23,9 @@ def register(add) -> None:
     parser.add_argument("--lesion-threshold", type=float, default=None, metavar="P",
                         help="lesion probability a voxel needs to be labelled lesion (default: the model's; "
                              "argmax when it has none)")
+    parser.add_argument("--brain-mask", default="auto", metavar="auto|off|MASK",
+                        help="auto: extract the brain first (deepbet) and segment inside it; MASK: a brain mask "
+                             "file (labelmap or .seg.nrrd, e.g. from `medanalysis brain-mask`); off: the model alone")
 
 
 def run(args) -> int:
@@ -43,10 +46,16 @@ def run(args) -> int:
     parameters = SegmentationParameters(model=args.model or DEFAULT_MODEL, device=args.device, tta=args.tta,
                                         trusted=args.trusted, threads=args.threads,
                                         lesionThreshold=args.lesion_threshold,
-                                        probabilities=bool(args.probabilities))
+                                        probabilities=bool(args.probabilities),
+                                        brainMask=args.brain_mask if args.brain_mask in ("auto", "off") else "off")
     scene = mrml.newScene()
     inputNode = mrml.loadVolumeNode(args.input, scene, name=Path(args.input).name.split(".")[0])
-    outputs = SegmentationLogic(scene).segment(inputNode, parameters, progress=StderrProgress(args.json))
+    brainMaskNode = None
+    if args.brain_mask not in ("auto", "off"):
+        brainMaskNode = (mrml.loadSegmentation(args.brain_mask, scene) if output_suffix(args.brain_mask) == ".seg.nrrd"
+                         else mrml.loadVolumeNode(args.brain_mask, scene, name="brain_mask", labelmap=True))
+    outputs = SegmentationLogic(scene).segment(inputNode, parameters, progress=StderrProgress(args.json),
+                                               brainMaskNode=brainMaskNode)
     record = mrml.getProvenance(outputs.segmentationNode)
     if suffix == ".seg.nrrd":
         mrml.saveSegmentation(outputs.segmentationNode, args.output)

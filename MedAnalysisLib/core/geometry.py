@@ -236,6 +236,41 @@ def resample_to_grid(image: sitk.Image, grid: dict, interpolator: int = sitk.sit
                          grid["spacing"], grid["direction"], default_value, image.GetPixelID())
 
 
+def axis_aligned_grid(image: sitk.Image, spacing_mm: Sequence[float], orientation: str = "RAS") -> dict:
+    """Grid whose index axes point as ``orientation`` says (e.g. 'RAS': i to the Right, j Anterior,
+    k Superior; no obliquity), with ``spacing_mm``, covering the physical extent of ``image``.
+
+    Two acquisitions of the same head in different orientations land on the same kind of grid,
+    so a network sees the anatomy the same way in both."""
+    spacing = np.asarray(spacing_mm, dtype=float)
+    axes = {"R": (-1, 0, 0), "L": (1, 0, 0), "A": (0, -1, 0), "P": (0, 1, 0), "I": (0, 0, -1), "S": (0, 0, 1)}
+    direction = np.array([axes[letter] for letter in orientation.upper()], dtype=float).T  # columns: index axes (LPS)
+    bounds = physical_bounds_lps(image)
+    corners = np.array([[x, y, z] for x in bounds[:, 0] for y in bounds[:, 1] for z in bounds[:, 2]])
+    in_axes = corners @ direction  # coordinates along each new index axis
+    low, high = in_axes.min(axis=0), in_axes.max(axis=0)
+    size = np.maximum(1, np.ceil((high - low) / spacing - 1e-6)).astype(int)
+    origin = direction @ (low + spacing / 2)
+    return {"size": [int(v) for v in size], "origin": tuple(float(v) for v in origin),
+            "spacing": tuple(float(v) for v in spacing), "direction": tuple(float(v) for v in direction.ravel())}
+
+
+def image_on_grid(array_kji: np.ndarray, grid: dict) -> sitk.Image:
+    """SimpleITK image of a (k, j, i) array placed on ``grid``."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_kji))
+    return set_geometry(image, grid["origin"], grid["spacing"], grid["direction"])
+
+
+def array_kji_to_ijk(array_kji: np.ndarray) -> np.ndarray:
+    """SimpleITK (k, j, i) voxel order -> nibabel/MONAI (i, j, k) order (a view)."""
+    return np.asarray(array_kji).transpose(2, 1, 0)
+
+
+def array_ijk_to_kji(array_ijk: np.ndarray) -> np.ndarray:
+    """nibabel/MONAI (i, j, k) voxel order -> SimpleITK (k, j, i) order (a view)."""
+    return np.asarray(array_ijk).transpose(2, 1, 0)
+
+
 def grid_of(image: sitk.Image) -> dict:
     return {"size": list(image.GetSize()), "origin": image.GetOrigin(), "spacing": image.GetSpacing(),
             "direction": image.GetDirection()}

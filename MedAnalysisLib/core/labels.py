@@ -56,6 +56,9 @@ BRAIN_TISSUE_SEGMENTS: Sequence[SegmentSpec] = (
 )
 
 
+BRAIN_SEGMENT = SegmentSpec(1, "Brain", (0.87, 0.68, 0.55), ANATOMICAL_STRUCTURE, ("SCT", "12738006", "Brain"))
+
+
 def parse_terminology_entry(entry: str) -> dict:
     """Category and type codes from a Slicer terminology tag string (empty dict when absent)."""
     parts = entry.split("~") if entry else []

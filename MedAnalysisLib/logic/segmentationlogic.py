@@ -5,15 +5,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import SimpleITK as sitk
+
 from .. import mrml, resources
+from ..core import brain, geometry
 from ..core.errors import InputError
 from ..core.labels import BRAIN_TISSUE_SEGMENTS, SegmentSpec
 from ..core.progress import CancelToken, ProgressCallback
-from ..core.segment.engine import InferenceSettings, segment_image
+from ..core.segment.engine import InferenceSettings, is_brain_model, segment_image
 from ..core.segment.models import LoadedModel, load_model
 from .base import LogicBase
+from .brainlogic import BrainExtractionLogic
 
 DEFAULT_MODEL = "brain-tissue-lesion"
+BRAIN_MASK_CHOICES = ("off", "auto")
 
 
 @dataclasses.dataclass
@@ -28,6 +33,12 @@ class SegmentationParameters:
     lesionMinMl: float = 0.02
     lesionThreshold: Optional[float] = None  # lesion probability needed; None: the model's default, else argmax
     probabilities: bool = False
+    brainMask: str = "auto"          # auto: deepbet brain extraction first (a mask node can also be given); off
+
+    def validate(self) -> "SegmentationParameters":
+        if self.brainMask not in BRAIN_MASK_CHOICES:
+            raise InputError("brain mask", f"unknown choice '{self.brainMask}' (use {' or '.join(BRAIN_MASK_CHOICES)})")
+        return self
 
     def inferenceSettings(self) -> InferenceSettings:
         return InferenceSettings(device=self.device, tta=self.tta, threads=self.threads,
@@ -79,19 +90,44 @@ class SegmentationLogic(LogicBase):
             self._cache = {key: load_model(parameters.model, resources.modelsDir(), trusted=parameters.trusted)}
         return self._cache[key]
 
+    def brainMaskImage(self, inputVolumeNode, image, parameters: SegmentationParameters, brainMaskNode, report,
+                       model: LoadedModel):
+        """The brain mask on the input grid: from ``brainMaskNode`` when given, from deepbet with
+        ``brainMask="auto"`` for a brain tissue model, else None."""
+        if brainMaskNode is not None:
+            mask = self.maskImageFromNode(brainMaskNode, referenceImage=image)
+            if not geometry.same_grid(mask, image, 1e-3):
+                mask = geometry.resample_to_grid(mask, geometry.grid_of(image), sitk.sitkNearestNeighbor, 0)
+            if not geometry.array_view(mask).any():
+                raise InputError(brainMaskNode.GetName(), "brain mask is empty (no voxel inside the input's grid)")
+            return mask
+        if parameters.brainMask != "auto" or not is_brain_model(model.config):
+            return None
+        extractor = BrainExtractionLogic(self.scene).extractor(parameters.device)
+        return extractor.extract(image, subject=inputVolumeNode.GetName(), progress=report).mask
+
     def segment(self, inputVolumeNode, parameters: Optional[SegmentationParameters] = None,
                 outputSegmentationNode=None, progress: Optional[ProgressCallback] = None,
-                cancel: Optional[CancelToken] = None) -> SegmentationOutputs:
-        parameters = parameters or SegmentationParameters()
+                cancel: Optional[CancelToken] = None, brainMaskNode=None) -> SegmentationOutputs:
+        """Segment ``inputVolumeNode``. With a brain mask (``brainMaskNode``, or
+        ``parameters.brainMask == "auto"``) the model sees only the brain and labels stay inside it."""
+        parameters = (parameters or SegmentationParameters()).validate()
         if inputVolumeNode is None:
             raise InputError("input", "no input volume selected")
         report = self.reporter(progress, cancel)
         report(0.0, f"loading model {parameters.model}")
         model = self.loadModel(parameters)
         image = mrml.imageFromVolumeNode(inputVolumeNode)
+        brainMask = self.brainMaskImage(inputVolumeNode, image, parameters, brainMaskNode, report.sub(0.0, 0.25),
+                                        model)
+        start = 0.02 if brainMask is None else 0.25
+        if brainMask is not None:
+            image = brain.masked_image(image, brainMask)
         result = segment_image(image, model.network, model.config, parameters.inferenceSettings(),
-                               report.sub(0.02, 0.95), subject=inputVolumeNode.GetName())
+                               report.sub(start, 0.95), subject=inputVolumeNode.GetName())
         del image  # the input copy is not needed any more: large volumes are the memory limit
+        if brainMask is not None:
+            result.labels = brain.labels_inside(result.labels, brainMask)
         report.cancel.raise_if_cancelled()
         record = self.provenance("segment", parameters, [inputVolumeNode], modelSha256=model.sha256)
         record["model"] = model.name

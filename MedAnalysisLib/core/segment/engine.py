@@ -437,6 +437,11 @@ def _label_named(config: dict, name: str) -> Optional[int]:
     return None
 
 
+def is_brain_model(config: dict) -> bool:
+    """A brain tissue model (it has a white-matter label): brain extraction applies to its inputs."""
+    return _label_named(config, "white matter") is not None
+
+
 def _lesion_label(config: dict) -> Optional[int]:
     return _label_named(config, "lesion")
 
