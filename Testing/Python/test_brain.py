@@ -132,7 +132,7 @@ def bad_inputs(folder):
     cases["tiny"] = sitk.GetImageFromArray(head[:10, :10, :10])
     paths = {}
     for name, image in cases.items():
-        paths[name] = folder / f"{name}.nii.gz"
+        paths[name] = folder / f"{name}.nrrd"  # NRRD keeps NaN (ITK's NIfTI reader turns it into 0)
         sitk.WriteImage(image, str(paths[name]))
     return paths
 
