@@ -20,7 +20,8 @@ class MedAnalysisSegmentation(ScriptedLoadableModule):
             "Segments brain MR volumes into cerebrospinal fluid, gray matter, white matter and lesions with the "
             "shipped MONAI model (trained on synthetic data from the MNI ICBM152 template), or with your own model "
             "(safetensors + JSON config; TorchScript and MONAI bundles only when marked trusted). The result is an "
-            "editable segmentation."),
+            "editable segmentation. Brain extraction (deepbet, trained on real T1 scans) runs first by default "
+            "and is available on its own as a brain mask segmentation."),
             "Built on MONAI, PyTorch and 3D Slicer.")
 
 
@@ -39,6 +40,7 @@ class MedAnalysisSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservation
         for entry in load_catalog(resources.modelsDir()).get("models", []):
             self.ui.modelComboBox.addItem(entry["name"])
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.brainButton.connect("clicked(bool)", self.onBrainButton)
 
     def readParameters(self):
         from MedAnalysisLib.logic.segmentationlogic import SegmentationParameters
@@ -47,7 +49,22 @@ class MedAnalysisSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservation
         return SegmentationParameters(model=path or self.ui.modelComboBox.currentText,
                                       device=self.ui.deviceComboBox.currentText, tta=self.ui.ttaCheckBox.checked,
                                       trusted=self.ui.trustedCheckBox.checked,
-                                      probabilities=self.ui.probabilitiesCheckBox.checked)
+                                      probabilities=self.ui.probabilitiesCheckBox.checked,
+                                      brainMask=self.ui.brainMaskComboBox.currentText)
+
+    def onBrainButton(self):
+        from MedAnalysisLib import dependencies
+        from MedAnalysisLib.logic.brainlogic import BrainExtractionLogic, BrainExtractionParameters
+
+        if not dependencies.ensureDependencies(needTorch=True):
+            return
+        parameters = BrainExtractionParameters(device=self.ui.deviceComboBox.currentText,
+                                               maskedVolume=self.ui.maskedVolumeCheckBox.checked)
+        outputs = gui.runWithProgress("Brain extraction", lambda progress, cancel: BrainExtractionLogic(
+            slicer.mrmlScene).extractBrain(self.ui.inputSelector.currentNode(), parameters, progress=progress,
+                                           cancel=cancel))
+        if outputs is not None:
+            self.ui.statusLabel.text = f"Brain volume {outputs.volumeMl:.1f} mL ({outputs.device})."
 
     def onApplyButton(self):
         from MedAnalysisLib import dependencies

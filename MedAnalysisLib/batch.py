@@ -77,7 +77,7 @@ from .core.errors import InputError, MedAnalysisError, OperationCancelled
 from .core.progress import CancelToken, ProgressCallback, ProgressReporter, atomic_output
 
 BASE_COLUMNS = ("case_id", "input", "followup")
-STEP_ORDER = ("import", "enhance", "register", "segment", "monitor")
+STEP_ORDER = ("import", "enhance", "brain-mask", "register", "segment", "monitor")
 SUMMARY_COLUMNS = ("case_id", "status", "seconds", "error")
 CASE_FILE = "case.json"
 WORK_DIR = ".work"
@@ -572,7 +572,9 @@ def segmentStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dic
                 logic = SegmentationLogic(scene)
             logic.scene = scene  # keeps the loaded model for the follow-up
             inputNode = mrml.loadVolumeNode(inputs[artifact], scene, name=artifact)
-            result = logic.segment(inputNode, parameters)
+            maskFile = inputs.get(f"{prefix}brain_mask")  # from the brain-mask step, when it ran
+            maskNode = mrml.loadVolumeNode(maskFile, scene, name="brain", labelmap=True) if maskFile else None
+            result = logic.segment(inputNode, parameters, brainMaskNode=maskNode)
             path = outDir / f"{prefix}segmentation.seg.nrrd"
             mrml.saveSegmentation(result.segmentationNode, path)
             record = mrml.getProvenance(result.segmentationNode)
@@ -593,6 +595,34 @@ def segmentStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dic
     return {"outputs": outputs, "metrics": metrics}
 
 
+def brainMaskStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dict:
+    """``medanalysis brain-mask``: deepbet brain extraction -> ``brain_mask.nii.gz`` (used by the
+    register and segment steps that follow) and the brain volume (mL)."""
+    from . import mrml
+    from .core.imageio import write_image
+    from .logic.brainlogic import BrainExtractionLogic, BrainExtractionParameters
+
+    parameters = BrainExtractionParameters(device=params.get("device") or "auto").validate()
+    outputs, metrics = {}, {}
+    logic = None
+    for artifact, prefix in _images(inputs):
+        scene = mrml.newScene()
+        try:
+            if logic is None:
+                logic = BrainExtractionLogic(scene)
+            logic.scene = scene  # keeps the loaded network for the follow-up
+            inputNode = mrml.loadVolumeNode(inputs[artifact], scene, name=artifact)
+            result = logic.extractBrain(inputNode, parameters)
+            mask = BrainExtractionLogic.maskImage(result.segmentationNode, mrml.imageFromVolumeNode(inputNode))
+            path = write_image(mask, outDir / f"{prefix}brain_mask.nii.gz",
+                               provenance=mrml.getProvenance(result.segmentationNode))
+        finally:
+            scene.Clear(1)
+        outputs[f"{prefix}brain_mask"] = str(path)
+        metrics[f"{prefix}brain_volume_ml"] = round(result.volumeMl, 2)
+    return {"outputs": outputs, "metrics": metrics}
+
+
 def registerStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dict:
     """``medanalysis register``: follow-up (moving) to baseline (fixed) -> transform + resampled follow-up."""
     from .core.imageio import read_image, write_image
@@ -603,7 +633,9 @@ def registerStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> di
         raise InputError(case.input, "the register step needs a 'followup' column")
     parameters = RegistrationParameters(preset=params.get("registration_preset") or "rigid", threads=workerThreads())
     fixed, moving = read_image(inputs["image"]), read_image(inputs["followup"])
-    result = register_images(fixed, moving, parameters, subjects={"fixed": inputs["image"], "moving": inputs["followup"]})
+    masks = [read_image(inputs[key]) if key in inputs else None for key in ("brain_mask", "followup_brain_mask")]
+    result = register_images(fixed, moving, parameters, fixed_mask=masks[0], moving_mask=masks[1],
+                             subjects={"fixed": inputs["image"], "moving": inputs["followup"]})
     record = make_provenance("register", parameters, checksums_of([inputs["image"], inputs["followup"]]))
     transformPath = write_transform(result.transform, outDir / ("followup_to_baseline.tfm" if result.is_linear
                                                                  else "followup_to_baseline.h5"), provenance=record)
@@ -650,6 +682,7 @@ STEPS: dict[str, BatchStep] = {
                                                "spacing", "crop"), defaults={"preset": "mri-brain-t1"}),
     "segment": BatchStep(segmentStep, columns=("model", "device", "tta", "trusted"),
                          defaults={"model": "brain-tissue-lesion"}, usesGpu=True, hashedColumns={"model": modelSha256}),
+    "brain-mask": BatchStep(brainMaskStep, columns=("device",), usesGpu=True),
     "register": BatchStep(registerStep, columns=("registration_preset",), defaults={"registration_preset": "rigid"}),
     "monitor": BatchStep(monitorStep, columns=("model", "registration_preset"),
                          defaults={"model": "brain-tissue-lesion", "registration_preset": "rigid"}, usesGpu=True,

@@ -25,6 +25,7 @@ SLICER_REQUIREMENTS: Sequence[tuple[str, str]] = (
     ("skimage", "scikit-image>=0.22"),
     ("matplotlib", "matplotlib>=3.7"),
     ("distributed", "dask[distributed]>=2024.1"),
+    ("deepbet", "deepbet==1.0.2"),  # brain extraction; installed after torch (its dependency)
 )
 
 # Packages Slicer provides and that must never be replaced by pip inside Slicer.

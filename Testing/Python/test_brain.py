@@ -202,3 +202,18 @@ def test_segmentation_stays_inside_a_given_brain_mask(scene, rng):
     finally:
         weights.unlink()
         weights.with_suffix(".json").unlink()
+
+
+def test_batch_brain_mask_step_writes_the_mask_artifact(tmp_path, template, reference_brain):
+    from MedAnalysisLib import batch
+
+    assert "brain-mask" in batch.resolveSteps(None, batch.STEPS)
+    source = str(SAMPLE / "mni152_t1.nii.gz")
+    case = batch.CaseSpec(caseId="c1", input=source, followup=None, parameters={}, row=2)
+    result = batch.brainMaskStep(case, {"image": source}, {"device": "cpu"}, tmp_path)
+    mask = sitk.ReadImage(result["outputs"]["brain_mask"])
+    assert geometry.same_grid(mask, template, 1e-4)
+    assert dice(sitk.GetArrayFromImage(mask) > 0, reference_brain) >= 0.97
+    assert result["metrics"]["brain_volume_ml"] == pytest.approx((sitk.GetArrayFromImage(mask) > 0).sum() / 1000, 0.01)
+    with pytest.raises(InputError, match="device"):
+        batch.brainMaskStep(case, {"image": source}, {"device": "gpu0"}, tmp_path)
