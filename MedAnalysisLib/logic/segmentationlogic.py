@@ -83,6 +83,7 @@ class SegmentationLogic(LogicBase):
     def __init__(self, scene=None):
         super().__init__(scene)
         self._cache: dict = {}
+        self.messages: list = []
 
     def loadModel(self, parameters: SegmentationParameters) -> LoadedModel:
         key = (parameters.model, parameters.trusted)
@@ -103,6 +104,11 @@ class SegmentationLogic(LogicBase):
             return mask
         if parameters.brainMask != "auto" or not is_brain_model(model.config):
             return None
+        try:
+            brain.check_brain_input(image, inputVolumeNode.GetName())
+        except InputError as error:  # not a head-sized image: the model alone decides what is brain
+            self.messages.append(f"brain extraction skipped: {error.problem}")
+            return None
         extractor = BrainExtractionLogic(self.scene).extractor(parameters.device)
         return extractor.extract(image, subject=inputVolumeNode.GetName(), progress=report).mask
 
@@ -115,6 +121,7 @@ class SegmentationLogic(LogicBase):
         if inputVolumeNode is None:
             raise InputError("input", "no input volume selected")
         report = self.reporter(progress, cancel)
+        self.messages = []
         report(0.0, f"loading model {parameters.model}")
         model = self.loadModel(parameters)
         image = mrml.imageFromVolumeNode(inputVolumeNode)
@@ -128,6 +135,7 @@ class SegmentationLogic(LogicBase):
         del image  # the input copy is not needed any more: large volumes are the memory limit
         if brainMask is not None:
             result.labels = brain.labels_inside(result.labels, brainMask)
+        result.messages = self.messages + result.messages
         report.cancel.raise_if_cancelled()
         record = self.provenance("segment", parameters, [inputVolumeNode], modelSha256=model.sha256)
         record["model"] = model.name
