@@ -346,6 +346,9 @@ class ThreadLimitPlugin(_WorkerPlugin):
 
         if "torch" in sys.modules:  # otherwise OMP_NUM_THREADS applies when it is imported
             sys.modules["torch"].set_num_threads(self.threads)
+        from .lean_monai import import_monai
+
+        import_monai()  # a worker process of our own: the lean import is safe here
 
 
 def _currentWorker():

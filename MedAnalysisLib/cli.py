@@ -19,6 +19,7 @@ from . import __version__, RESEARCH_USE_NOTICE
 from .core.errors import InputError, OperationCancelled
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_CASES_FAILED = 0, 1, 2, 3
+NETWORK_COMMANDS = ("segment", "monitor", "demo", "batch", "models")
 
 
 class StderrProgress:
@@ -75,6 +76,10 @@ def commandModules():
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = buildParser()
     args = parser.parse_args(argv)
+    if args.command in NETWORK_COMMANDS:  # a process of our own: the lean MONAI import is safe here
+        from .lean_monai import import_monai
+
+        import_monai()
     try:
         return args.handler(args)
     except InputError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -23,6 +24,9 @@ def register(add) -> None:
     parser.add_argument("--lesion-threshold", type=float, default=None, metavar="P",
                         help="lesion probability a voxel needs to be labelled lesion (default: the model's; "
                              "argmax when it has none)")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                        help="fit the tissue intensities of this image (EM, the network's probabilities as priors); "
+                             "default: the product's default")
     parser.add_argument("--brain-mask", default="auto", metavar="auto|off|MASK",
                         help="auto: extract the brain first (deepbet) and segment inside it; MASK: a brain mask "
                              "file (labelmap or .seg.nrrd, e.g. from `medanalysis brain-mask`); off: the model alone")
@@ -48,6 +52,8 @@ def run(args) -> int:
                                         lesionThreshold=args.lesion_threshold,
                                         probabilities=bool(args.probabilities),
                                         brainMask=args.brain_mask if args.brain_mask in ("auto", "off") else "off")
+    if args.refine is not None:
+        parameters.refine = args.refine
     scene = mrml.newScene()
     inputNode = mrml.loadVolumeNode(args.input, scene, name=Path(args.input).name.split(".")[0])
     brainMaskNode = None

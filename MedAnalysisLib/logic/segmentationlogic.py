@@ -33,6 +33,7 @@ class SegmentationParameters:
     lesionMinMl: float = 0.02
     lesionThreshold: Optional[float] = None  # lesion probability needed; None: the model's default, else argmax
     probabilities: bool = False
+    refine: bool = False             # per-image EM fit of the tissue intensities (network as spatial prior)
     brainMask: str = "auto"          # auto: deepbet brain extraction first (a mask node can also be given); off
 
     def validate(self) -> "SegmentationParameters":
@@ -43,7 +44,7 @@ class SegmentationParameters:
     def inferenceSettings(self) -> InferenceSettings:
         return InferenceSettings(device=self.device, tta=self.tta, threads=self.threads,
                                  lesion_min_ml=self.lesionMinMl, lesion_threshold=self.lesionThreshold,
-                                 return_probabilities=self.probabilities)
+                                 return_probabilities=self.probabilities, refine=self.refine)
 
 
 @dataclasses.dataclass

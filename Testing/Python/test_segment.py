@@ -215,7 +215,7 @@ def _run_python(code: str) -> str:
 def test_lean_monai_import_hides_optional_packages_only_while_importing():
     out = _run_python(
         "import importlib.util, json, sys\n"
-        "from MedAnalysisLib.core.segment.lean_monai import import_monai\n"
+        "from MedAnalysisLib.lean_monai import import_monai\n"
         "monai = import_monai()\n"
         "from monai.inferers import sliding_window_inference\n"
         "from monai.networks.nets import UNet\n"
@@ -233,7 +233,7 @@ def test_lean_monai_import_hides_optional_packages_only_while_importing():
 def test_lean_monai_import_falls_back_to_a_plain_import():
     out = _run_python(
         "import sys\n"
-        "from MedAnalysisLib.core.segment import lean_monai\n"
+        "from MedAnalysisLib import lean_monai\n"
         "import torch\n"
         "lean_monai.HIDDEN_DURING_IMPORT = lean_monai.HIDDEN_DURING_IMPORT + ('monai.networks.nets',)\n"
         "monai = lean_monai.import_monai()\n"

@@ -137,3 +137,37 @@ def test_wheel_ships_resources(tmp_path):
     assert "MedAnalysisLib/Resources/SampleData/mni152_t1.nii.gz" in names
     assert "MedAnalysisLib/Resources/SampleData/NOTICE.txt" in names
     assert "MedAnalysisLib/mrml.py" in names and "MedAnalysisLib/core/geometry.py" in names
+    # training, synthetic data and fixture generators stay out of the product
+    assert not any(n.startswith("Training/") or "/train.py" in n or "/synth.py" in n or "phantom" in n
+                   for n in names), sorted(n for n in names if "Training" in n or "synth" in n)
+    assert not any(n.endswith("make_sample_data.py") or n.endswith("make_study_pair.py") for n in names)
+
+
+def test_cmake_installs_no_training_code():
+    text = (REPO / "CMakeLists.txt").read_text()
+    assert "Training" not in text
+    assert not list((REPO / "MedAnalysisLib").rglob("train*.py")) and not list((REPO / "MedAnalysisLib").rglob("synth*.py"))
+
+
+def test_library_use_leaves_the_import_system_alone():
+    """Inside Slicer other extensions share the process: importing the library and running a
+    network must not add import hooks (the lean MONAI import is for our own entry points only)."""
+    code = (
+        "import sys\n"
+        "import slicer, vtk  # the application's own modules (VTK installs its import hook): already there in Slicer\n"
+        "before = list(sys.meta_path)\n"
+        "import MedAnalysisLib, MedAnalysisLib.mrml\n"
+        "from MedAnalysisLib.logic import segmentationlogic, monitoringlogic, brainlogic, registrationlogic\n"
+        "from MedAnalysisLib.core.segment import engine, netconfig\n"
+        "import torch\n"
+        "config = netconfig.default_config()\n"
+        "config['network']['args'].update(channels=[4, 8], strides=[2], num_res_units=0)\n"
+        "net = netconfig.build_network(config)\n"
+        "seg = engine.SlidingWindowSegmenter(net, config, engine.InferenceSettings(device='cpu', threads=1))\n"
+        "import numpy as np\n"
+        "seg.segment(np.random.rand(40, 40, 40).astype('float32'), engine.ProgressReporter())\n"
+        "assert 'monai' in sys.modules\n"
+        "print(sys.meta_path == before, len(sys.meta_path), len(before))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[0] == "True", result.stdout

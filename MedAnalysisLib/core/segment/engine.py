@@ -38,6 +38,7 @@ class InferenceSettings:
     lesion_min_ml: float = 0.02     # lesion components smaller than this are removed
     lesion_threshold: Optional[float] = None  # lesion probability needed (default: the model's, else argmax)
     return_probabilities: bool = False
+    refine: bool = False            # per-image EM on the tissue intensities (core/segment/refine.py)
 
 
 @dataclasses.dataclass
@@ -168,8 +169,15 @@ class SlidingWindowSegmenter:
         self.classes = int(config["network"]["args"].get("out_channels", 2))
         self.messages: list = []
 
-    def _decide(self, probabilities):
-        return decide_labels(probabilities, self.config, self.settings.lesion_threshold)
+    def _decide(self, probabilities, intensities=None):
+        """Labels of (C, ...) probabilities; with ``settings.refine`` the tissue probabilities are
+        first fitted to the intensities (same shape as one class) of this image."""
+        if self.settings.refine and intensities is not None:
+            from .refine import refine_probabilities
+
+            probabilities = refine_probabilities(intensities.to(probabilities.device), probabilities,
+                                                 _lesion_label(self.config))
+        return decide_labels(probabilities, self.config, self.settings.lesion_threshold), probabilities
 
     def _forward(self, window):
         import torch
@@ -184,9 +192,6 @@ class SlidingWindowSegmenter:
     def _probabilities(self, tensor):
         """Softmax probabilities of one (1, 1, z, y, x) tensor, with optional flip TTA."""
         import torch
-        from .lean_monai import import_monai
-
-        import_monai()
         from monai.inferers import sliding_window_inference
 
         def run(x):
@@ -212,9 +217,6 @@ class SlidingWindowSegmenter:
         foreground box: inside the box the blend equals a plain sliding window; voxels that
         only empty windows cover are background."""
         import torch
-        from .lean_monai import import_monai
-
-        import_monai()
         from monai.data.utils import compute_importance_map, dense_patch_slices
         from monai.inferers.utils import _get_scan_interval
 
@@ -249,7 +251,8 @@ class SlidingWindowSegmenter:
             probabilities = torch.softmax(blended, dim=0)
             probabilities[:, ~covered] = 0
             probabilities[0, ~covered] = 1
-            region_labels = self._decide(probabilities).cpu().numpy()
+            region_labels, probabilities = self._decide(probabilities, source[region])
+            region_labels = region_labels.cpu().numpy()
             region_probabilities = probabilities.cpu().numpy() if keep_probabilities else None
         labels = np.zeros(padded.shape, np.uint8)
         labels[region] = region_labels
@@ -304,9 +307,11 @@ class SlidingWindowSegmenter:
                 tensor = torch.from_numpy(np.ascontiguousarray(padded[low:high]))[None, None].to(self.device)
                 slab_probabilities = self._probabilities_with_fallback(tensor)
                 core = slice(start - low, stop - low)
-                labels[start:stop] = self._decide(slab_probabilities[0][:, core]).cpu().numpy()
+                slab_labels, slab_probabilities_core = self._decide(slab_probabilities[0][:, core],
+                                                                    tensor[0, 0, core])
+                labels[start:stop] = slab_labels.cpu().numpy()
                 if probabilities is not None:
-                    probabilities[:, start:stop] = slab_probabilities[0][:, core].float().cpu().numpy()
+                    probabilities[:, start:stop] = slab_probabilities_core.float().cpu().numpy()
                 del slab_probabilities, tensor
         full = np.zeros(array.shape, np.uint8)
         full[box] = labels[valid]

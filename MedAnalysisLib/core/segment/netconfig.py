@@ -109,9 +109,6 @@ def build_network(config: Dict[str, Any]):
     if not isinstance(args, dict):
         raise ValueError("network args must be a dict")
     _check_plain(args, "args")
-    from .lean_monai import import_monai
-
-    import_monai()
     from monai.networks import nets
 
     cls = getattr(nets, cls_name)

@@ -1,5 +1,10 @@
 """Import MONAI without the optional plotting / data-frame / signal-processing packages it never
-needs for inference.
+needs for inference -- for the headless entry points only.
+
+This changes ``sys.meta_path`` while MONAI imports, so only processes that MedAnalysis owns call
+it: the ``medanalysis`` command (:func:`MedAnalysisLib.cli.main`, for the commands that run a
+network) and the Dask workers of a batch run (their worker plugin). Library code, and so Slicer,
+which shares its process with other extensions, imports MONAI the ordinary way.
 
 ``import monai`` loads every MONAI submodule, and those call ``optional_import`` on packages
 such as matplotlib, pandas, scikit-image and scipy.signal/stats as soon as they are installed:
