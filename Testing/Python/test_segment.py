@@ -275,11 +275,11 @@ def test_lesion_threshold_moves_voxels_between_lesion_and_the_best_other_class()
                                   [0.1, 0.1, 0.1, 0.4, 0.3],      # white matter by argmax, lesion at 0.3
                                   [0.7, 0.1, 0.1, 0.05, 0.05]]).T  # background
     segmenter = SlidingWindowSegmenter(torch.nn.Identity(), config, InferenceSettings(device="cpu"))
-    assert segmenter._decide(probabilities).tolist() == [4, 4, 3, 0]
+    assert segmenter._decide(probabilities)[0].tolist() == [4, 4, 3, 0]
     segmenter.settings = InferenceSettings(device="cpu", lesion_threshold=0.5)
-    assert segmenter._decide(probabilities).tolist() == [3, 4, 3, 0]
+    assert segmenter._decide(probabilities)[0].tolist() == [3, 4, 3, 0]
     segmenter.settings = InferenceSettings(device="cpu", lesion_threshold=0.3)
-    assert segmenter._decide(probabilities).tolist() == [4, 4, 4, 0]
+    assert segmenter._decide(probabilities)[0].tolist() == [4, 4, 4, 0]
     config["inference"]["lesion_threshold"] = 0.5  # the model's default applies when the settings have none
     segmenter.settings = InferenceSettings(device="cpu")
-    assert segmenter._decide(probabilities).tolist() == [3, 4, 3, 0]
+    assert segmenter._decide(probabilities)[0].tolist() == [3, 4, 3, 0]
