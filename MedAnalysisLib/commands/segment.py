@@ -26,7 +26,7 @@ def register(add) -> None:
                              "argmax when it has none)")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                         help="fit the tissue intensities of this image (EM, the network's probabilities as priors); "
-                             "default: the product's default")
+                             "default: on (--no-refine: the network alone)")
     parser.add_argument("--brain-mask", default="auto", metavar="auto|off|MASK",
                         help="auto: extract the brain first (deepbet) and segment inside it; MASK: a brain mask "
                              "file (labelmap or .seg.nrrd, e.g. from `medanalysis brain-mask`); off: the model alone")

@@ -33,7 +33,7 @@ class SegmentationParameters:
     lesionMinMl: float = 0.02
     lesionThreshold: Optional[float] = None  # lesion probability needed; None: the model's default, else argmax
     probabilities: bool = False
-    refine: bool = False             # per-image EM fit of the tissue intensities (network as spatial prior)
+    refine: bool = True              # per-image EM fit of the tissue intensities (network as spatial prior)
     brainMask: str = "auto"          # auto: deepbet brain extraction first (a mask node can also be given); off
 
     def validate(self) -> "SegmentationParameters":
