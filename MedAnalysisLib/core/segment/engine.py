@@ -175,8 +175,11 @@ class SlidingWindowSegmenter:
         if self.settings.refine and intensities is not None:
             from .refine import refine_probabilities
 
+            tissue = {key: _label_named(self.config, name) for key, name in
+                      (("csf", "cerebrospinal fluid"), ("gm", "gray matter"), ("wm", "white matter"))}
             probabilities = refine_probabilities(intensities.to(probabilities.device), probabilities,
-                                                 _lesion_label(self.config))
+                                                 _lesion_label(self.config),
+                                                 tissue={k: v for k, v in tissue.items() if v is not None})
         return decide_labels(probabilities, self.config, self.settings.lesion_threshold), probabilities
 
     def _forward(self, window):
@@ -385,6 +388,33 @@ def remove_unhosted_components(labels: np.ndarray, label: int, host: int) -> np.
     return labels
 
 
+def remove_poorly_hosted_components(labels: np.ndarray, label: int, host: int, min_fraction: float) -> np.ndarray:
+    """Relabel components of ``label`` whose one-voxel shell is less than ``min_fraction`` ``host``
+    (white-matter lesions lie in white matter; bright cortex or vessels on FLAIR do not)."""
+    from scipy import ndimage
+
+    mask = labels == label
+    if not mask.any():
+        return labels
+    where = np.nonzero(mask)
+    box = tuple(slice(max(int(w.min()) - 1, 0), int(w.max()) + 2) for w in where)
+    labels = labels.copy()
+    sub = labels[box]
+    components, count = ndimage.label(sub == label, structure=np.ones((3, 3, 3)))
+    grown = ndimage.grey_dilation(components, footprint=np.ones((3, 3, 3), bool))
+    shell = (components == 0) & (grown > 0)
+    shell_ids = grown[shell]
+    shell_labels = sub[shell]
+    totals = np.bincount(shell_ids, minlength=count + 1)
+    hosted = np.bincount(shell_ids, weights=(shell_labels == host), minlength=count + 1)
+    for index in range(1, count + 1):
+        if totals[index] and hosted[index] / totals[index] < min_fraction:
+            ring = shell_labels[shell_ids == index]
+            ring = ring[ring != label]
+            sub[components == index] = np.bincount(ring).argmax() if ring.size else 0
+    return labels
+
+
 def postprocess_lesions(labels: np.ndarray, config: dict, spacing_mm, lesion_min_ml: float) -> np.ndarray:
     """Lesion clean-up of a model label map: components smaller than ``lesion_min_ml`` and, for a
     model with a white-matter label (its lesions are white-matter lesions), components touching
@@ -398,6 +428,7 @@ def postprocess_lesions(labels: np.ndarray, config: dict, spacing_mm, lesion_min
     host = _label_named(config, "white matter")
     if host is not None:
         labels = remove_unhosted_components(labels, lesion, host)
+        labels = remove_poorly_hosted_components(labels, lesion, host, min_fraction=0.4)
     return labels
 
 

@@ -6,6 +6,14 @@ in *this* image (one Gaussian per class: mean and variance of the normalized int
 the posterior ``prior * likelihood`` replaces the network's probabilities. Lesions are left to
 the network: their probability is kept as it is and the tissue posteriors share the rest, so a
 class with few voxels cannot capture intensity outliers.
+
+:func:`hyperintense_outliers` then adds lesion candidates the way the Bayesian segmenters treat
+lesions, as outliers of white matter: where the fitted means say that lesions are bright
+(FLAIR-like: CSF darkest and grey matter brighter than white matter; T2/PD-like: CSF brightest),
+voxels of the white-matter region brighter than grey matter by ``z`` standard deviations become
+lesion candidates. On T1-like images (white matter brightest) lesions are dark and look like grey
+matter, so nothing is added there: the network decides alone. The usual lesion filters (size,
+location) apply to every candidate afterwards.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ EPS = 1e-6
 
 
 def refine_probabilities(image, probabilities, lesion_label: Optional[int] = None, iterations: int = 8,
-                         prior_power: float = 1.0, region_threshold: float = 0.98, min_voxels: int = 50):
+                         prior_power: float = 1.0, region_threshold: float = 0.98, min_voxels: int = 50,
+                         tissue: Optional[dict] = None, outlier_z: float = 3.0):
     """Refined class probabilities of one volume (torch tensors, same device).
 
     Args:
@@ -27,6 +36,10 @@ def refine_probabilities(image, probabilities, lesion_label: Optional[int] = Non
         prior_power: exponent of the network prior (< 1 trusts the intensities more).
         region_threshold: voxels whose background probability reaches this are left alone.
         min_voxels: classes with less expected voxels keep their network probabilities.
+        tissue: class index of "csf", "gm" and "wm"; with ``lesion_label`` it enables the
+            white-matter outlier candidates (:func:`hyperintense_outliers`).
+        outlier_z: how many grey-matter standard deviations above the grey-matter mean a
+            candidate must be.
     Returns:
         (C, z, y, x) probabilities (a new tensor; outside the region equal to the input).
     """
@@ -45,6 +58,9 @@ def refine_probabilities(image, probabilities, lesion_label: Optional[int] = Non
     log_prior = torch.log(tissue_prior.clamp_min(EPS)) * prior_power
     weights = tissue_prior.sum(1)
     active = weights >= min_voxels
+    if not bool(active.any()):
+        return probabilities
+    shared = 1.0 - tissue_prior[~active].sum(0)
     posterior = tissue_prior
     floor = float(x.var()) * 1e-3 + 1e-8
     for _ in range(iterations):
@@ -52,11 +68,35 @@ def refine_probabilities(image, probabilities, lesion_label: Optional[int] = Non
         mean = (posterior @ x) / weights
         variance = ((posterior @ (x * x)) / weights - mean * mean).clamp_min(floor)
         log_likelihood = -0.5 * (x[None] - mean[:, None]) ** 2 / variance[:, None] - 0.5 * torch.log(variance)[:, None]
-        log_likelihood[~active] = 0.0  # too few voxels to learn a Gaussian: the prior decides
-        posterior = torch.softmax(log_prior + log_likelihood, dim=0)
+        # classes with too few voxels to learn a Gaussian keep their prior; the others share the rest
+        posterior = tissue_prior.clone()
+        posterior[active] = torch.softmax(log_prior[active] + log_likelihood[active], dim=0) * shared
     out = probabilities.clone()
     scale = (1.0 - keep) if keep is not None else 1.0
     values = out[:, region]
     values[refined_classes] = (posterior * scale).to(values.dtype)
+    if tissue and keep is not None and all(k in tissue for k in ("csf", "gm", "wm")):
+        index = {name: refined_classes.index(tissue[name]) for name in ("csf", "gm", "wm")}
+        if all(bool(active[i]) for i in index.values()):
+            candidates = hyperintense_outliers(x, posterior, mean, variance, index, keep, outlier_z)
+            if candidates is not None and bool(candidates.any()):
+                # a candidate becomes lesion: the tissue classes give way (labels follow the argmax/threshold)
+                values[:, candidates] = 0.0
+                values[lesion_label, candidates] = 1.0
     out[:, region] = values
     return out
+
+
+def hyperintense_outliers(x, posterior, mean, variance, index: dict, lesion_probability, z: float):
+    """Boolean candidates (over the region's voxels) for hyperintense white-matter lesions, or None
+    when the fitted means do not say lesions are bright (T1-like contrast)."""
+    csf, gm, wm = (float(mean[index[k]]) for k in ("csf", "gm", "wm"))
+    flair_like = csf < wm < gm
+    t2_like = csf > gm > wm
+    if not (flair_like or t2_like):
+        return None
+    gm_sd = float(variance[index["gm"]].sqrt())
+    threshold = gm + z * gm_sd
+    white = posterior[index["wm"]] + lesion_probability  # white-matter region, lesions included
+    not_csf = posterior[index["csf"]] < 0.5
+    return (x > threshold) & (white + posterior[index["gm"]] > 0.5) & not_csf
