@@ -155,3 +155,29 @@ def make_study_pair(t1: sitk.Image, tissue: sitk.Image, seed: int = 0, n_lesions
                       "volume_baseline_ml": round(float(len(in_base)) * voxel_ml, 4),
                       "volume_followup_ml": round(float((follow_array == number).sum()) * voxel_ml, 4)})
     return StudyPair(baseline, followup, baseline_lesions, followup_lesions, motion, truth)
+
+
+def score_monitoring(result: dict, truth: list, min_volume_ml: float = 0.5):
+    """(micro F1 of the status, relative volume errors, centroid errors in mm, failures) of a monitoring
+    result against the phantom truth: each true lesion takes the nearest unmatched predicted one within
+    5 mm; predicted lesions left over count against precision."""
+    predicted = list(result["lesions"])
+    correct, volume_errors, centroid_errors, failures = 0, [], [], []
+    for lesion in truth:
+        distances = [np.linalg.norm(np.array(p["centroid_ras"]) - lesion["centroid_ras"]) for p in predicted]
+        if not distances or min(distances) > 5.0:
+            failures.append((lesion["id"], lesion["status"], "unmatched"))
+            continue
+        match = predicted.pop(int(np.argmin(distances)))
+        centroid_errors.append(min(distances))
+        if match["status"] == lesion["status"]:
+            correct += 1
+        else:
+            failures.append((lesion["id"], lesion["status"], match["status"], lesion.get("factor")))
+        for key in ("volume_baseline_ml", "volume_followup_ml"):
+            if lesion[key] >= min_volume_ml:
+                volume_errors.append(abs(match[key] - lesion[key]) / lesion[key])
+    precision = correct / max(len(result["lesions"]), 1)
+    recall = correct / max(len(truth), 1)
+    f1 = 2 * precision * recall / max(precision + recall, 1e-9)
+    return f1, volume_errors, centroid_errors, failures

@@ -75,30 +75,6 @@ def test_merge_and_split_are_reported():
     assert result["summary"]["merges"] == 1 and result["summary"]["splits"] == 1
 
 
-def evaluate(result, truth, min_volume_ml=0.5):
-    """Micro F1 of the status, volume errors and centroid errors against the phantom truth."""
-    predicted = list(result["lesions"])
-    correct, volume_errors, centroid_errors, failures = 0, [], [], []
-    for lesion in truth:
-        distances = [np.linalg.norm(np.array(p["centroid_ras"]) - lesion["centroid_ras"]) for p in predicted]
-        if not distances or min(distances) > 5.0:
-            failures.append((lesion["id"], lesion["status"], "unmatched"))
-            continue
-        match = predicted.pop(int(np.argmin(distances)))
-        centroid_errors.append(min(distances))
-        if match["status"] == lesion["status"]:
-            correct += 1
-        else:
-            failures.append((lesion["id"], lesion["status"], match["status"], lesion.get("factor")))
-        for key in ("volume_baseline_ml", "volume_followup_ml"):
-            if lesion[key] >= min_volume_ml:
-                volume_errors.append(abs(match[key] - lesion[key]) / lesion[key])
-    precision = correct / max(len(result["lesions"]), 1)
-    recall = correct / max(len(truth), 1)
-    f1 = 2 * precision * recall / max(precision + recall, 1e-9)
-    return f1, volume_errors, centroid_errors, failures
-
-
 def run_pair(scene, pair, tmp_path=None):
     baseline = mrml.volumeNodeFromImage(pair.baseline, scene, name="baseline")
     followup = mrml.volumeNodeFromImage(pair.followup, scene, name="followup")
@@ -115,7 +91,7 @@ def test_monitoring_on_generated_pair(scene, template, tmp_path):
     t1, tissue = template
     pair = phantom.make_study_pair(t1, tissue, seed=21, n_lesions=10)
     outputs = run_pair(scene, pair, tmp_path / "report")
-    f1, volume_errors, centroid_errors, failures = evaluate(outputs.result, pair.truth)
+    f1, volume_errors, centroid_errors, failures = phantom.score_monitoring(outputs.result, pair.truth)
     assert f1 >= 0.9, failures
     assert max(volume_errors) <= 0.05 and max(centroid_errors) <= 1.5
     assert outputs.tableNode.GetTable().GetNumberOfRows() == len(outputs.result["lesions"])
@@ -135,7 +111,7 @@ def test_monitoring_accuracy_thirty_lesions(template, tmp_path):
         fates = ["grown", "shrunk", "stable", "vanished", "new", "grown", "shrunk", "stable", "grown", "shrunk", "new"]
         pair = phantom.make_study_pair(t1, tissue, seed=seed, fates=fates, growth=(1.35, 2.5), shrinkage=(0.3, 0.7))
         outputs = run_pair(scene, pair)
-        f1, volume, centroid, failures = evaluate(outputs.result, pair.truth)
+        f1, volume, centroid, failures = phantom.score_monitoring(outputs.result, pair.truth)
         totals["f1"].append(f1)
         totals["volume"] += volume
         totals["centroid"] += centroid
