@@ -87,3 +87,10 @@ def test_lesions_mostly_outside_white_matter_are_relabelled():
     out = remove_poorly_hosted_components(labels, 4, 3, min_fraction=0.4)
     assert not (out[10:14, 10:14, 4:13] == 4).any()
     assert (out[10:14, 10:14, 20:24] == 4).all()
+
+
+def test_no_outlier_lesions_on_t2_like_images():
+    generator = torch.Generator().manual_seed(3)
+    image, prior, lesion = tissue_volume((0.9, 0.5, 0.3), 0.75, generator)  # T2: CSF brightest
+    refined = refine_probabilities(image, prior, lesion_label=4, tissue={"csf": 1, "gm": 2, "wm": 3})
+    assert not (refined.argmax(0) == 4).any()

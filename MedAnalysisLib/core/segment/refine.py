@@ -8,11 +8,11 @@ the network: their probability is kept as it is and the tissue posteriors share 
 class with few voxels cannot capture intensity outliers.
 
 :func:`hyperintense_outliers` then adds lesion candidates the way the Bayesian segmenters treat
-lesions, as outliers of white matter: where the fitted means say that lesions are bright
-(FLAIR-like: CSF darkest and grey matter brighter than white matter; T2/PD-like: CSF brightest),
-voxels of the white-matter region brighter than grey matter by ``z`` standard deviations become
-lesion candidates. On T1-like images (white matter brightest) lesions are dark and look like grey
-matter, so nothing is added there: the network decides alone. The usual lesion filters (size,
+lesions, as outliers of white matter: where the fitted means say the image is FLAIR-like (CSF
+darkest, grey matter brighter than white matter), voxels of the white-matter region brighter than
+grey matter by ``z`` standard deviations become lesion candidates. On T1-like images lesions are
+dark and look like grey matter, and on T2/PD-like images the partial volume of bright CSF would
+pass for lesions, so nothing is added there: the network decides alone. The usual lesion filters (size,
 location) apply to every candidate afterwards.
 """
 
@@ -89,11 +89,9 @@ def refine_probabilities(image, probabilities, lesion_label: Optional[int] = Non
 
 def hyperintense_outliers(x, posterior, mean, variance, index: dict, lesion_probability, z: float):
     """Boolean candidates (over the region's voxels) for hyperintense white-matter lesions, or None
-    when the fitted means do not say lesions are bright (T1-like contrast)."""
+    when the fitted means do not say the image is FLAIR-like."""
     csf, gm, wm = (float(mean[index[k]]) for k in ("csf", "gm", "wm"))
-    flair_like = csf < wm < gm
-    t2_like = csf > gm > wm
-    if not (flair_like or t2_like):
+    if not csf < wm < gm:  # FLAIR-like only: on T2/PD bright CSF partial volume would pass for lesions
         return None
     gm_sd = float(variance[index["gm"]].sqrt())
     threshold = gm + z * gm_sd
