@@ -11,6 +11,8 @@ Cases:
   neurolabusc/nii2mesh data/bet.nii.gz; its largest component: the file has two spheres added);
 * agreement: each head rotated by 20 degrees on a 1 x 1 x 2 mm grid, mask brought back to the
   original grid (nearest neighbour), Dice with the mask of the original.
+* ``--contrasts``: whole-head T1/T2/FLAIR/PD-like renderings of held-out label maps 17-18 against
+  their label-map brain (what happens on inputs that are not T1);
 * ``--agreement``: the default segmentation model on held-out label maps 17-18 rendered as T1,
   whole-head and skull-stripped (same image, non-brain voxels zeroed): GM/WM Dice between the two
   inside the brain, with ``brain_mask`` off and auto.
@@ -128,11 +130,35 @@ def agreement(threads: int) -> dict:
                                            for t in ("gm", "wm")} for mode in ("off", "auto")}}
 
 
+def contrasts(extractor) -> dict:
+    """Masks of whole-head T1/T2/FLAIR/PD-like renderings of held-out anatomies 17-18 against their
+    label-map brain (CSF, GM, WM, lesion labels): what happens on inputs that are not T1."""
+    import SimpleITK as sitk
+
+    from Training import synth
+
+    paths = synth.label_map_paths(str(REPO / "Training" / "Data" / "synthseg_label_maps"), held_out=True)[:2]
+    rows = []
+    for path in paths:
+        anatomy = synth.load_label_map(path)
+        for contrast in ("t1", "t2", "flair", "pd"):
+            image, labels, _ = synth.synthesize_case(anatomy, np.random.default_rng(5), None, whole_head_prob=1.0,
+                                                     contrast=contrast, lesion_count=(0, 0))
+            out = extractor.extract(anatomy.to_image(np.ascontiguousarray(image)))
+            ours = sitk.GetArrayFromImage(out.mask) > 0
+            rows.append({"anatomy": anatomy.name, "contrast": contrast, "dice_vs_label_brain": dice(ours, labels > 0),
+                         "volume_ml": round(out.volume_ml, 1), "label_brain_ml": round(float((labels > 0).sum()) / 1000, 1)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {"cases": rows, "mean": {c: round(float(np.mean([r["dice_vs_label_brain"] for r in rows if r["contrast"] == c])), 4)
+                                    for c in ("t1", "t2", "flair", "pd")}}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--philips-dir", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--agreement", action="store_true")
+    ap.add_argument("--contrasts", action="store_true", help="T2/FLAIR/PD-like inputs (held-out label maps)")
     ap.add_argument("--figures", default=None, help="folder for slice pictures")
     args = ap.parse_args(argv)
 
@@ -180,6 +206,8 @@ def main(argv=None) -> int:
         if args.figures and name != "mni152_t1":
             figure(Path(args.figures) / f"brain_{name}.png", image, ours, reference,
                    f"{name}: ours (red) vs {reference_kind} (cyan), Dice {row['dice_vs_reference']}")
+    if args.contrasts:
+        result["contrasts"] = contrasts(extractor)
     if args.agreement:
         result["segmentation_head_vs_stripped"] = agreement(args.threads)
     print(json.dumps(result, indent=1))
