@@ -28,7 +28,7 @@ def test_em_moves_a_misplaced_boundary_to_the_intensities():
     image = torch.where(truth == 1, 0.8, 0.4) + 0.03 * torch.randn(shape, generator=generator)
     prior = soft_prior(shape, boundary=25.0)  # the network is 5 voxels off
     before = (prior[1:3].argmax(0) == truth).float().mean().item()
-    refined = refine_probabilities(image, prior, lesion_label=3)
+    refined = refine_probabilities(image, prior.clone(), lesion_label=3)
     after = (refined[1:3].argmax(0) == truth).float().mean().item()
     assert before < 0.9 and after > 0.98
     assert torch.allclose(refined[3], prior[3])  # lesions are left to the network

@@ -25,12 +25,16 @@ EPS = 1e-6
 
 def refine_probabilities(image, probabilities, lesion_label: Optional[int] = None, iterations: int = 8,
                          prior_power: float = 1.0, region_threshold: float = 0.98, min_voxels: int = 50,
-                         tissue: Optional[dict] = None, outlier_z: float = 3.0):
-    """Refined class probabilities of one volume (torch tensors, same device).
+                         tissue: Optional[dict] = None, outlier_z: float = 3.0, fit_voxels: int = 1_000_000,
+                         chunk_voxels: int = 2_000_000):
+    """Refine the class probabilities of one volume **in place** (torch tensors, same device).
+
+    The mixture is fitted on at most ``fit_voxels`` voxels drawn from the region (fixed seed), then
+    applied chunk by chunk, so memory stays bounded on large volumes.
 
     Args:
         image: (z, y, x) normalized intensities.
-        probabilities: (C, z, y, x) softmax output of the network (class 0 background).
+        probabilities: (C, z, y, x) softmax output of the network (class 0 background); modified.
         lesion_label: class kept as the network gives it (None: every class is refined).
         iterations: EM iterations.
         prior_power: exponent of the network prior (< 1 trusts the intensities more).
@@ -41,50 +45,72 @@ def refine_probabilities(image, probabilities, lesion_label: Optional[int] = Non
         outlier_z: how many grey-matter standard deviations above the grey-matter mean a
             candidate must be.
     Returns:
-        (C, z, y, x) probabilities (a new tensor; outside the region equal to the input).
+        the refined probabilities (``probabilities`` itself when it was contiguous).
     """
     import torch
 
     classes = probabilities.shape[0]
-    region = probabilities[0] < region_threshold
-    if int(region.sum()) < min_voxels:
+    probabilities = probabilities.contiguous()  # a view below must write through
+    flat = probabilities.view(classes, -1)
+    values_x = image.reshape(-1)
+    region = torch.nonzero(flat[0] < region_threshold).squeeze(1)
+    if region.numel() < min_voxels:
         return probabilities
-    x = image[region].float()
-    prior = probabilities[:, region].float()
-    refined_classes = [c for c in range(classes) if c != lesion_label]
-    keep = prior[lesion_label] if lesion_label is not None and lesion_label < classes else None
-    tissue_prior = prior[refined_classes]
-    tissue_prior = tissue_prior / tissue_prior.sum(0, keepdim=True).clamp_min(EPS)
-    log_prior = torch.log(tissue_prior.clamp_min(EPS)) * prior_power
-    weights = tissue_prior.sum(1)
-    active = weights >= min_voxels
+    refined = [c for c in range(classes) if c != lesion_label]
+    has_lesion = lesion_label is not None and lesion_label < classes
+
+    def tissue_prior_of(index):
+        prior = flat[refined][:, index].float()
+        return prior / prior.sum(0, keepdim=True).clamp_min(EPS)
+
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    sample = region
+    if region.numel() > fit_voxels:
+        sample = region[torch.randint(region.numel(), (fit_voxels,), generator=generator).to(region.device)]
+    x = values_x[sample].float()
+    tissue_prior = tissue_prior_of(sample)
+    active = tissue_prior.sum(1) * (region.numel() / sample.numel()) >= min_voxels
     if not bool(active.any()):
         return probabilities
-    shared = 1.0 - tissue_prior[~active].sum(0)
-    posterior = tissue_prior
     floor = float(x.var()) * 1e-3 + 1e-8
+
+    def posterior_of(x_part, prior_part, mean=None, variance=None):
+        if mean is None:
+            return prior_part
+        log_likelihood = -0.5 * (x_part[None] - mean[:, None]) ** 2 / variance[:, None] - 0.5 * torch.log(variance)[:, None]
+        # classes with too few voxels to learn a Gaussian keep their prior; the others share the rest
+        posterior = prior_part.clone()
+        shared = 1.0 - prior_part[~active].sum(0)
+        posterior[active] = torch.softmax(torch.log(prior_part[active].clamp_min(EPS)) * prior_power
+                                          + log_likelihood[active], dim=0) * shared
+        return posterior
+
+    mean = variance = None
+    posterior = tissue_prior
     for _ in range(iterations):
         weights = posterior.sum(1).clamp_min(EPS)
         mean = (posterior @ x) / weights
         variance = ((posterior @ (x * x)) / weights - mean * mean).clamp_min(floor)
-        log_likelihood = -0.5 * (x[None] - mean[:, None]) ** 2 / variance[:, None] - 0.5 * torch.log(variance)[:, None]
-        # classes with too few voxels to learn a Gaussian keep their prior; the others share the rest
-        posterior = tissue_prior.clone()
-        posterior[active] = torch.softmax(log_prior[active] + log_likelihood[active], dim=0) * shared
-    out = probabilities.clone()
-    scale = (1.0 - keep) if keep is not None else 1.0
-    values = out[:, region]
-    values[refined_classes] = (posterior * scale).to(values.dtype)
-    if tissue and keep is not None and all(k in tissue for k in ("csf", "gm", "wm")):
-        index = {name: refined_classes.index(tissue[name]) for name in ("csf", "gm", "wm")}
-        if all(bool(active[i]) for i in index.values()):
-            candidates = hyperintense_outliers(x, posterior, mean, variance, index, keep, outlier_z)
+        posterior = posterior_of(x, tissue_prior, mean, variance)
+    del x, tissue_prior, posterior
+    outliers_possible = bool(tissue) and has_lesion and all(k in tissue for k in ("csf", "gm", "wm"))
+    if outliers_possible:
+        index = {name: refined.index(tissue[name]) for name in ("csf", "gm", "wm")}
+        outliers_possible = all(bool(active[i]) for i in index.values())
+    for first in range(0, region.numel(), chunk_voxels):
+        part = region[first:first + chunk_voxels]
+        posterior = posterior_of(values_x[part].float(), tissue_prior_of(part), mean, variance)
+        keep = flat[lesion_label, part].float() if has_lesion else None
+        values = flat[:, part]
+        values[refined] = (posterior * ((1.0 - keep) if keep is not None else 1.0)).to(values.dtype)
+        if outliers_possible:
+            candidates = hyperintense_outliers(values_x[part].float(), posterior, mean, variance, index, keep, outlier_z)
             if candidates is not None and bool(candidates.any()):
                 # a candidate becomes lesion: the tissue classes give way (labels follow the argmax/threshold)
                 values[:, candidates] = 0.0
                 values[lesion_label, candidates] = 1.0
-    out[:, region] = values
-    return out
+        flat[:, part] = values
+    return probabilities
 
 
 def hyperintense_outliers(x, posterior, mean, variance, index: dict, lesion_probability, z: float):
