@@ -79,6 +79,8 @@ from .core.progress import CancelToken, ProgressCallback, ProgressReporter, atom
 BASE_COLUMNS = ("case_id", "input", "followup")
 STEP_ORDER = ("import", "enhance", "brain-mask", "register", "segment", "monitor")
 SUMMARY_COLUMNS = ("case_id", "status", "seconds", "error")
+# Permissions to run code come from the operator (command line), never from a manifest cell.
+OPERATOR_ONLY_COLUMNS = ("trusted",)
 CASE_FILE = "case.json"
 WORK_DIR = ".work"
 LOCK_FILE = ".batch.lock"
@@ -171,6 +173,9 @@ def readManifest(path: "str | os.PathLike", registry: Optional[dict] = None) -> 
             raise InputError(path, f"manifest needs the columns case_id,input[,followup]; '{required}' is missing")
     known = knownColumns(registry)
     for name in header:
+        if name in OPERATOR_ONLY_COLUMNS:
+            raise InputError(path, f"column '{name}' is not allowed in a manifest: permission to run model code "
+                                   f"comes from the operator (medanalysis batch --set {name}=1)")
         if name not in known:
             raise InputError(path, f"unknown column '{name}' (known: {', '.join(known)})")
     base = path.resolve().parent
@@ -228,7 +233,8 @@ def caseParameters(case: CaseSpec, steps: Sequence[str], registry: dict, default
     for name in steps:
         step = registry[name]
         for column in step.columns:
-            value = case.parameters.get(column, (defaults or {}).get(column, step.defaults.get(column)))
+            fromRow = case.parameters.get(column) if column not in OPERATOR_ONLY_COLUMNS else None
+            value = fromRow if fromRow is not None else (defaults or {}).get(column, step.defaults.get(column))
             if value is None or value == "":
                 continue
             value = str(value)

@@ -23,7 +23,7 @@ def register(add) -> None:
 def run(args) -> int:
     from .. import mrml
     from ..core.errors import InputError
-    from ..core.imageio import IMAGE_SUFFIXES, check_input_file, write_image
+    from ..core.imageio import IMAGE_SUFFIXES, check_input_file, check_output_paths, write_image
     from ..core.progress import atomic_output, output_suffix
     from ..core.provenance import sidecar_path
     from ..logic.brainlogic import BrainExtractionLogic, BrainExtractionParameters
@@ -32,13 +32,8 @@ def run(args) -> int:
     for path in outputs:
         if output_suffix(path) not in IMAGE_SUFFIXES:
             raise InputError(path, f"unsupported output extension '{output_suffix(path)}'")
-    source = check_input_file(args.input).resolve()
-    resolved = [Path(p).resolve() for p in outputs]
-    for path, original in zip(resolved, outputs):
-        if path == source:
-            raise InputError(original, "output would replace the input image: choose another file")
-    if len(set(resolved)) != len(resolved):
-        raise InputError(args.output, "the mask and the masked output are the same file")
+    check_input_file(args.input)
+    check_output_paths([args.input], outputs)
     parameters = BrainExtractionParameters(device=args.device, threshold=args.threshold,
                                            maskedVolume=bool(args.masked_output)).validate()
     started = time.perf_counter()

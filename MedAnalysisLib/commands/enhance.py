@@ -45,7 +45,7 @@ def run(args) -> int:
     from .. import mrml
     from ..core.enhance import PRESETS, EnhancementParameters
     from ..core.errors import InputError
-    from ..core.imageio import IMAGE_SUFFIXES, write_image
+    from ..core.imageio import IMAGE_SUFFIXES, check_output_paths, write_image
     from ..core.progress import output_suffix
     from ..logic.enhancementlogic import EnhancementLogic
 
@@ -63,6 +63,9 @@ def run(args) -> int:
         normalize=args.normalize, clahe=args.clahe, spacing_mm=_spacing(args.spacing) if args.spacing else None,
         interpolation=args.interpolation, crop_to_foreground=args.crop)
     parameters.with_preset().validate()
+    check_output_paths([args.input, args.mask, args.reference], [args.output, args.bias_field_output])
+    if args.bias_field_output and not parameters.with_preset().bias_correct:
+        raise InputError("--bias-field-output", "no bias field without bias correction: add --bias-correct")
     started = time.perf_counter()
     scene = mrml.newScene()
     inputNode = mrml.loadVolumeNode(args.input, scene, name="input")

@@ -43,12 +43,16 @@ def loadSegmentationArgument(path, scene, segmentName):
 
 def run(args) -> int:
     from .. import mrml
+    from ..core.imageio import check_output_paths
     from ..logic.monitoringlogic import MonitoringLogic, MonitoringParameters
 
     started = time.perf_counter()
     parameters = MonitoringParameters(lesionSegmentName=args.lesion_segment, minLesionMl=args.min_lesion_ml,
                                       relativeChange=args.relative_change, absoluteChangeMl=args.absolute_change_ml,
                                       registrationPreset=args.registration, model=args.model, device=args.device)
+    parameters.validate()
+    check_output_paths([args.baseline, args.followup, args.baseline_seg, args.followup_seg], [],
+                       folder_outputs=[args.output])
     scene = mrml.newScene()
     baseline = mrml.loadVolumeNode(args.baseline, scene, name="baseline")
     followup = mrml.loadVolumeNode(args.followup, scene, name="followup")

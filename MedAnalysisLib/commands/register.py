@@ -62,7 +62,7 @@ def _loadMask(path, scene, name):
 def run(args) -> int:
     from .. import mrml
     from ..core.errors import InputError
-    from ..core.imageio import IMAGE_SUFFIXES, write_image
+    from ..core.imageio import IMAGE_SUFFIXES, check_output_paths, write_image
     from ..core.progress import output_suffix
     from ..core.register import check_file_dimensions, check_transform_path, resolve_stages, write_transform
     from ..logic.registrationlogic import RegistrationLogic
@@ -71,6 +71,9 @@ def run(args) -> int:
         raise InputError(args.output, f"unsupported output extension '{output_suffix(args.output)}'")
     if args.transform:
         check_transform_path(args.transform)
+    initFile = args.init if args.init.split("+")[0] not in ("geometry", "moments", "identity") else None
+    check_output_paths([args.fixed, args.moving, args.fixed_mask, args.moving_mask, initFile],
+                       [args.output, args.transform])
     parameters = _parameters(args)
     resolve_stages(parameters)  # a bad preset or metric fails before any image is read
     check_file_dimensions(args.fixed, args.moving)  # volume nodes would turn a 2-D image into one slice

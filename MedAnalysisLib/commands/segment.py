@@ -36,7 +36,7 @@ def run(args) -> int:
     from .. import mrml
     from ..core import geometry
     from ..core.errors import InputError
-    from ..core.imageio import IMAGE_SUFFIXES, write_image
+    from ..core.imageio import IMAGE_SUFFIXES, check_output_paths, write_image
     from ..core.progress import atomic_output, output_suffix
     from ..core.provenance import sidecar_path
     from ..logic.segmentationlogic import DEFAULT_MODEL, SegmentationLogic, SegmentationParameters
@@ -46,6 +46,10 @@ def run(args) -> int:
         raise InputError(args.output, f"unsupported output extension '{suffix}' (use .seg.nrrd or a labelmap format)")
     if args.lesion_threshold is not None and not 0.0 < args.lesion_threshold <= 1.0:
         raise InputError("--lesion-threshold", f"must be in (0, 1], got {args.lesion_threshold}")
+    maskArgument = args.brain_mask if args.brain_mask not in ("auto", "off") else None
+    check_output_paths([args.input, maskArgument], [args.output], folder_outputs=[args.probabilities])
+    if args.probabilities and Path(args.probabilities).exists() and not Path(args.probabilities).is_dir():
+        raise InputError(args.probabilities, "--probabilities must name a folder, not an existing file")
     started = time.perf_counter()
     parameters = SegmentationParameters(model=args.model or DEFAULT_MODEL, device=args.device, tta=args.tta,
                                         trusted=args.trusted, threads=args.threads,

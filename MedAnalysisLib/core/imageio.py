@@ -32,6 +32,41 @@ def check_input_file(path: "str | os.PathLike") -> Path:
     return path
 
 
+def check_output_paths(inputs, outputs, folder_outputs=()) -> None:
+    """Refuse, before any work, outputs that would replace an input or another output, outputs
+    that are folders, and outputs in folders that do not exist or cannot be written.
+
+    ``inputs``/``outputs``: paths or None; ``folder_outputs``: output folders (reports). Paths are
+    compared after resolving symlinks, ``..`` and relative spellings.
+    """
+    sources = {}
+    for path in inputs:
+        if path:
+            sources[os.path.realpath(path)] = path
+    seen = {}
+    for path in list(outputs) + list(folder_outputs):
+        if not path:
+            continue
+        real = os.path.realpath(path)
+        if real in sources:
+            raise InputError(path, f"output would replace the input {sources[real]}: choose another name")
+        if real in seen:
+            raise InputError(path, f"the same file is given for two outputs ({seen[real]})")
+        seen[real] = path
+        target = Path(real)
+        if path in outputs and target.is_dir():
+            raise InputError(path, "is a folder, expected an output file name")
+        parent = target if path in folder_outputs and target.is_dir() else target.parent
+        if path in folder_outputs and not target.exists():
+            parent = target.parent
+            while not parent.exists() and parent != parent.parent:
+                parent = parent.parent
+        if not parent.is_dir():
+            raise InputError(path, f"output folder {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise InputError(path, f"output folder {parent} is not writable")
+
+
 def read_image(path: "str | os.PathLike", pixel_type: Optional[int] = None) -> sitk.Image:
     """Read an image file SimpleITK supports (NIfTI, NRRD, MHA, ...), raising InputError on failure."""
     path = check_input_file(path)

@@ -37,6 +37,18 @@ class MonitoringParameters:
     model: str = "brain-tissue-lesion"
     device: str = "auto"
 
+    def validate(self) -> "MonitoringParameters":
+        """Refuse thresholds that are negative, not numbers or meaningless before any work."""
+        import math
+
+        for name in ("minLesionMl", "relativeChange", "absoluteChangeMl", "matchDistanceMm"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise InputError(name, f"must be a finite number >= 0, got {value}")
+        if self.matchDistanceMm == 0:
+            raise InputError("matchDistanceMm", "must be greater than 0")
+        return self
+
     def thresholds(self) -> MonitoringThresholds:
         return MonitoringThresholds(self.relativeChange, self.absoluteChangeMl, self.matchDistanceMm, self.minLesionMl)
 
@@ -117,7 +129,7 @@ class MonitoringLogic(LogicBase):
     def monitor(self, baselineVolumeNode, followupVolumeNode, parameters: Optional[MonitoringParameters] = None,
                 baselineSegmentationNode=None, followupSegmentationNode=None, reportDir=None,
                 registrationTransform: Optional[sitk.Transform] = None, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> MonitoringOutputs:
-        parameters = parameters or MonitoringParameters()
+        parameters = (parameters or MonitoringParameters()).validate()
         if baselineVolumeNode is None or followupVolumeNode is None:
             raise InputError("input", "select both a baseline and a follow-up volume")
         report = self.reporter(progress, cancel)

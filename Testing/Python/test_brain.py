@@ -153,7 +153,7 @@ def test_cli_refuses_to_replace_its_input(tmp_path):
     shutil.copy(SAMPLE / "mni152_t1.nii.gz", source)
     before = source.read_bytes()
     result = run_cli("brain-mask", source, "-o", tmp_path / "." / "head.nii.gz")
-    assert result.returncode == 2 and "replace the input" in result.stderr
+    assert result.returncode == 2 and "would replace the input" in result.stderr
     assert source.read_bytes() == before
 
 
