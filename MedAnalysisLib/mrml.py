@@ -32,7 +32,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from .core import geometry
+from .core import geometry, imageio
 from .core.errors import InputError
 from .core.labels import SegmentSpec, generic_segments
 from .core.progress import atomic_output
@@ -357,8 +357,7 @@ def loadSegmentation(path: "str | os.PathLike", scene=None, name: Optional[str] 
     scene = defaultScene(scene)
     ensureSegmentationConverters()
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file does not exist")
+    imageio.read_image_header(path)  # exists, data beside the header, fits memory, usable geometry
     segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or path.name.split(".")[0])
     storage = slicer.vtkMRMLSegmentationStorageNode()
     storage.SetFileName(str(path))

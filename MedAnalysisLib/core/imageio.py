@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
-from . import geometry
+from . import geometry, imageguard
 from .errors import InputError
 from .progress import atomic_output, output_suffix
 from .provenance import provenance_json, sidecar_path
@@ -69,10 +69,9 @@ def check_output_paths(inputs, outputs, folder_outputs=()) -> None:
 
 def read_image(path: "str | os.PathLike", pixel_type: Optional[int] = None) -> sitk.Image:
     """Read an image file SimpleITK supports (NIfTI, NRRD, MHA, ...), raising InputError on failure."""
-    path = check_input_file(path)
+    reader = read_image_header(path)
+    path = Path(reader.GetFileName())
     try:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
         if pixel_type is not None:
             reader.SetOutputPixelType(pixel_type)
         image = reader.Execute()
@@ -85,12 +84,14 @@ def read_image(path: "str | os.PathLike", pixel_type: Optional[int] = None) -> s
 def read_image_header(path: "str | os.PathLike") -> sitk.ImageFileReader:
     """Reader with the header read (size, spacing, metadata) but no pixel data."""
     path = check_input_file(path)
+    imageguard.check_image_file(path)  # detached data outside the folder, raw NIfTI header lies
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
         raise InputError(path, f"not a readable image ({_itk_reason(error)})") from None
+    imageguard.check_reader(path, reader)  # memory budget, usable geometry: before any voxel is read
     return reader
 
 

@@ -1,0 +1,216 @@
+"""Checks on an image file's header before any voxel is allocated.
+
+Every image file the product opens goes through :func:`check_image_file` (from
+``imageio.read_image`` / ``read_image_header``):
+
+* detached data files (NRRD ``data file:``, MetaImage ``ElementDataFile``, lists and patterns)
+  must lie inside the header's own folder: a header cannot make us read ``/etc/passwd``;
+* NIfTI-1 headers: dimensions and voxel sizes must be positive and finite, the affine finite,
+  and the data the header declares must be present (file size, or the gzip trailer);
+* the voxel count times the pixel size must fit the memory budget
+  (``MEDANALYSIS_MAX_MEMORY`` bytes, default half of the available memory);
+* spacing, origin and direction from ITK's reading of the header must be finite and usable.
+
+Each problem is an :class:`InputError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import InputError
+
+HEADER_TEXT_LIMIT = 1 << 16
+
+
+def _pixel_bytes(pixel_id: int) -> int:
+    """Bytes of one component of a SimpleITK pixel type (8 when unknown: the safe side)."""
+    import SimpleITK as sitk
+
+    sizes = {}
+    for bytes_, names in ((1, ("UInt8", "Int8")), (2, ("UInt16", "Int16")), (4, ("UInt32", "Int32", "Float32")),
+                          (8, ("UInt64", "Int64", "Float64"))):
+        for name in names:
+            for prefix in ("sitk", "sitkVector"):
+                value = getattr(sitk, prefix + name, None)
+                if value is not None:
+                    sizes[value] = bytes_
+    return sizes.get(pixel_id, 8)
+
+
+def memory_budget_bytes() -> int:
+    """Largest image (bytes) we agree to allocate: MEDANALYSIS_MAX_MEMORY or half the available memory."""
+    value = os.environ.get("MEDANALYSIS_MAX_MEMORY", "").strip()
+    if value:
+        try:
+            return int(float(value))
+        except ValueError:
+            raise InputError("MEDANALYSIS_MAX_MEMORY", f"expected a number of bytes, got '{value}'") from None
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        available = 8 << 30
+    return int(available // 2)
+
+
+def _header_text(path: Path) -> list[str]:
+    with open(path, "rb") as handle:
+        raw = handle.read(HEADER_TEXT_LIMIT)
+    return raw.decode("latin-1").splitlines()
+
+
+def detached_data_files(path: Path) -> list[str]:
+    """File names a NRRD/MetaImage header points its voxel data at (empty when inline)."""
+    name = path.name.lower()
+    lines = _header_text(path)
+    if name.endswith((".nhdr", ".nrrd")):
+        if not lines or not lines[0].startswith("NRRD"):
+            return []
+        for index, line in enumerate(lines):
+            if not line.strip():
+                break  # end of the header
+            key, _, value = line.partition(":")
+            if key.strip().lower() in ("data file", "datafile"):
+                return _listed(value.strip(), lines[index + 1:])
+        return []
+    if name.endswith((".mhd", ".mha")):
+        for index, line in enumerate(lines):
+            key, _, value = line.partition("=")
+            if key.strip().lower() == "elementdatafile":
+                value = value.strip()
+                if value.upper() == "LOCAL":
+                    return []
+                return _listed(value, lines[index + 1:])
+    return []
+
+
+def _listed(value: str, following: list[str]) -> list[str]:
+    if value.upper().startswith("LIST"):
+        return [line.strip() for line in following if line.strip()]
+    if "%" in value:  # pattern: "fmt min max step [subdim]": the folder part is what matters
+        return [value.split()[0]]
+    return [value]
+
+
+def check_detached(path: Path) -> None:
+    folder = os.path.realpath(path.parent)
+    for name in detached_data_files(path):
+        if os.path.isabs(name) or name.startswith("~"):
+            raise InputError(path, f"header points its data at an absolute path ('{name}'): refused, the data "
+                                   "file must lie beside the header")
+        target = os.path.realpath(os.path.join(folder, name))
+        if os.path.commonpath([folder, target]) != folder:
+            raise InputError(path, f"header points its data outside its folder ('{name}'): refused")
+
+
+def check_nifti1(path: Path) -> None:
+    """Raw NIfTI-1 header checks that ITK would silently 'repair' (zero pixdim, missing voxels)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(352)
+    except (OSError, EOFError) as error:
+        raise InputError(path, f"not a readable image (NIfTI: {error})") from None
+    if len(header) < 348:
+        raise InputError(path, f"not a readable image (NIfTI header truncated: {len(header)} of 348 bytes)")
+    for endian in ("<", ">"):
+        if struct.unpack(endian + "i", header[:4])[0] == 348:
+            break
+    else:
+        return  # not NIfTI-1 (NIfTI-2 or something ITK will judge)
+    dims = struct.unpack(endian + "8h", header[40:56])
+    datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
+    pixdim = struct.unpack(endian + "8f", header[76:108])
+    vox_offset = struct.unpack(endian + "f", header[108:112])[0]
+    ndim = dims[0]
+    if not 1 <= ndim <= 7:
+        raise InputError(path, f"NIfTI header declares {ndim} dimensions")
+    if any(d <= 0 for d in dims[1:ndim + 1]):
+        raise InputError(path, f"NIfTI header declares a zero or negative size {list(dims[1:ndim + 1])}")
+    spatial = pixdim[1:min(ndim, 3) + 1]
+    if any(not math.isfinite(v) or v <= 0 for v in spatial):
+        raise InputError(path, f"NIfTI header declares zero, negative or non-finite voxel sizes {list(spatial)}")
+    qform_code, sform_code = struct.unpack(endian + "2h", header[252:256])
+    quatern = struct.unpack(endian + "6f", header[256:280])
+    srow = struct.unpack(endian + "12f", header[280:328])
+    if (qform_code > 0 and not all(math.isfinite(v) for v in quatern)) or \
+            (sform_code > 0 and not all(math.isfinite(v) for v in srow)):
+        raise InputError(path, "NIfTI header holds a non-finite orientation (NaN or infinite qform/sform)")
+    if sform_code > 0 and abs(np.linalg.det(np.array(srow).reshape(3, 4)[:, :3])) < 1e-12:
+        raise InputError(path, "NIfTI header holds a degenerate sform (zero determinant)")
+    if bitpix <= 0 or not math.isfinite(vox_offset) or vox_offset < 0:
+        raise InputError(path, f"NIfTI header declares bitpix {bitpix}, vox_offset {vox_offset}")
+    expected = int(vox_offset) + int(np.prod([int(d) for d in dims[1:ndim + 1]], dtype=np.float64)) * bitpix // 8
+    available = _data_length(path)
+    if available is not None and available < expected:
+        raise InputError(path, f"NIfTI data truncated: the header declares {expected} bytes, the file holds "
+                               f"{available}")
+
+
+def _data_length(path: Path) -> Optional[int]:
+    """Uncompressed length of the file (gzip: from its trailer when there is one member and < 4 GiB)."""
+    size = path.stat().st_size
+    if not path.name.lower().endswith(".gz"):
+        return size
+    with open(path, "rb") as handle:
+        handle.seek(max(size - 4, 0))
+        trailer = handle.read(4)
+    if len(trailer) < 4:
+        return 0
+    declared = struct.unpack("<I", trailer)[0]
+    if declared < (size - 18) // 1032:  # below any possible deflate ratio: several members or > 4 GiB
+        return None
+    return _stream_length(path, limit=declared + 1)
+
+
+def _stream_length(path: Path, limit: int) -> int:
+    """Bytes actually decompressible (read in bounded chunks, stops after ``limit``)."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while total < limit:
+                chunk = handle.read(1 << 22)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        pass  # a truncated stream: what came out is what there is
+    return total
+
+
+def check_reader(path: Path, reader) -> None:
+    """Size against the memory budget and usable geometry, from an ITK reader with the header read."""
+    size = [int(v) for v in reader.GetSize()]
+    if any(v <= 0 for v in size):
+        raise InputError(path, f"image size {size} has an empty dimension")
+    pixel_bytes = _pixel_bytes(reader.GetPixelID())
+    components = max(int(reader.GetNumberOfComponents()), 1)
+    needed = float(np.prod(size, dtype=np.float64)) * pixel_bytes * components
+    budget = memory_budget_bytes()
+    if needed > budget:
+        raise InputError(path, f"image of {size} voxels needs {needed / 2**30:.1f} GiB, more than the memory budget "
+                               f"of {budget / 2**30:.1f} GiB (set MEDANALYSIS_MAX_MEMORY to allow more)")
+    spacing, origin, direction = reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
+    if not all(math.isfinite(v) and v > 0 for v in spacing):
+        raise InputError(path, f"voxel spacing {list(spacing)} is not a set of positive numbers")
+    if not all(math.isfinite(v) for v in origin) or not all(math.isfinite(v) for v in direction):
+        raise InputError(path, "image origin or orientation holds NaN or infinite values")
+    dimension = len(size)
+    if abs(np.linalg.det(np.array(direction).reshape(dimension, dimension))) < 1e-6:
+        raise InputError(path, "image orientation (direction cosines) is degenerate")
+
+
+def check_image_file(path: Path) -> None:
+    """Header checks that need no ITK reader (detached data, NIfTI-1 raw header)."""
+    name = path.name.lower()
+    if name.endswith((".nhdr", ".nrrd", ".mhd", ".mha")):
+        check_detached(path)
+    if name.endswith((".nii", ".nii.gz")):
+        check_nifti1(path)
