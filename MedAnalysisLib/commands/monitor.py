@@ -24,6 +24,8 @@ def register(add) -> None:
     parser.add_argument("--registration", default="rigid", help="registration preset (follow-up to baseline)")
     parser.add_argument("--model", default="brain-tissue-lesion")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--brain-mask", choices=("auto", "off"), default="auto",
+                        help="auto: extract the brain before segmenting each time point, lesions only inside it")
 
 
 def loadSegmentationArgument(path, scene, segmentName):
@@ -49,7 +51,8 @@ def run(args) -> int:
     started = time.perf_counter()
     parameters = MonitoringParameters(lesionSegmentName=args.lesion_segment, minLesionMl=args.min_lesion_ml,
                                       relativeChange=args.relative_change, absoluteChangeMl=args.absolute_change_ml,
-                                      registrationPreset=args.registration, model=args.model, device=args.device)
+                                      registrationPreset=args.registration, model=args.model, device=args.device,
+                                      brainMask=args.brain_mask)
     parameters.validate()
     check_output_paths([args.baseline, args.followup, args.baseline_seg, args.followup_seg], [],
                        folder_outputs=[args.output])

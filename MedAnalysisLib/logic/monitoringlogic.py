@@ -19,7 +19,7 @@ from ..core.quantify import TISSUE_NAMES, measure_lesions
 from ..core.register import RegistrationParameters, register_images
 from ..core.report import write_report
 from .base import LogicBase
-from .segmentationlogic import SegmentationLogic, SegmentationParameters
+from .segmentationlogic import BRAIN_MASK_CHOICES, SegmentationLogic, SegmentationParameters
 
 PATIENT_KEY_ATTRIBUTE = "MedAnalysis.PatientKey"
 
@@ -36,6 +36,7 @@ class MonitoringParameters:
     registrationPreset: str = "rigid"
     model: str = "brain-tissue-lesion"
     device: str = "auto"
+    brainMask: str = "auto"          # auto: brain extraction before segmenting each time point (brain models); off
 
     def validate(self) -> "MonitoringParameters":
         """Refuse thresholds that are negative, not numbers or meaningless before any work."""
@@ -47,6 +48,8 @@ class MonitoringParameters:
                 raise InputError(name, f"must be a finite number >= 0, got {value}")
         if self.matchDistanceMm == 0:
             raise InputError("matchDistanceMm", "must be greater than 0")
+        if self.brainMask not in BRAIN_MASK_CHOICES:
+            raise InputError("brainMask", f"unknown choice '{self.brainMask}' (use {' or '.join(BRAIN_MASK_CHOICES)})")
         return self
 
     def thresholds(self) -> MonitoringThresholds:
@@ -162,7 +165,8 @@ class MonitoringLogic(LogicBase):
 
         started = time.perf_counter()
         segmentationLogic = SegmentationLogic(self.scene)
-        segmentationParameters = SegmentationParameters(model=parameters.model, device=parameters.device)
+        segmentationParameters = SegmentationParameters(model=parameters.model, device=parameters.device,
+                                                        brainMask=parameters.brainMask)
         modelSha = None
         if baselineSegmentationNode is None:
             report(0.3, "segmenting baseline")

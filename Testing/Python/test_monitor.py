@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from conftest import REPO
 from MedAnalysisLib import mrml, resources
 from Training import phantom
+from MedAnalysisLib.core.errors import InputError
 from MedAnalysisLib.core.labels import SegmentSpec
 from MedAnalysisLib.core.longitudinal import MonitoringThresholds, classify_change, match_lesions
 from MedAnalysisLib.core.quantify import measure_lesions
@@ -178,3 +179,30 @@ def test_different_patient_keys_warn(scene, small_pair_files):
     empty = mrml.segmentationNodeFromLabelmap(sitk.ReadImage(str(folder / "empty.nii.gz")), scene)
     outputs = MonitoringLogic(scene).monitor(baseline, followup, MonitoringParameters(), empty, empty)
     assert any("patient keys" in w for w in outputs.warnings)
+
+
+@pytest.mark.parametrize("choice", ["auto", "off"])
+def test_brain_mask_choice_reaches_segmentation(scene, small_pair_files, monkeypatch, choice):
+    from MedAnalysisLib.logic import segmentationlogic
+
+    seen = []
+
+    def segment(self, volumeNode, parameters, **kwargs):
+        seen.append(parameters.brainMask)
+        raise KeyboardInterrupt  # stop here: only the hand-over is under test
+
+    monkeypatch.setattr(segmentationlogic.SegmentationLogic, "segment", segment)
+    baseline = mrml.loadVolumeNode(small_pair_files / "baseline.nii.gz", scene)
+    followup = mrml.loadVolumeNode(small_pair_files / "followup.nii.gz", scene)
+    with pytest.raises(KeyboardInterrupt):
+        MonitoringLogic(scene).monitor(baseline, followup, MonitoringParameters(brainMask=choice).validate())
+    assert seen == [choice]
+
+
+def test_unknown_brain_mask_choice_is_refused(small_pair_files, tmp_path):
+    with pytest.raises(InputError, match="brainMask"):
+        MonitoringParameters(brainMask="maybe").validate()
+    folder = small_pair_files
+    result = run_cli("monitor", folder / "baseline.nii.gz", folder / "followup.nii.gz", "-o", tmp_path / "r",
+                     "--brain-mask", "maybe")
+    assert result.returncode == 2 and "--brain-mask" in result.stderr and not (tmp_path / "r").exists()
