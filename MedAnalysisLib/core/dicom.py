@@ -33,6 +33,7 @@ import dataclasses
 import io
 import math
 import os
+import re
 import struct
 import sys
 import warnings
@@ -529,6 +530,9 @@ def _tag(keyword: str) -> int:
     return tag
 
 
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")  # terminal escapes and other controls from headers
+
+
 def _strings(dataset, keyword: str) -> Optional[list]:
     """Values of a text element as stripped strings, straight from the raw bytes when the
     element has not been converted yet (much faster than pydicom's value conversion)."""
@@ -553,15 +557,15 @@ def _strings(dataset, keyword: str) -> Optional[list]:
                 count = len(value) // width
                 return [str(v) for v in struct.unpack(f"{endian}{count}{code}", value[:count * width])]
             return None
-        text = value.decode("latin-1").strip("\x00 ")
+        text = _CONTROL_CHARACTERS.sub("?", value.decode("latin-1").strip("\x00 "))
         if not text:
             return None
         return [part.strip("\x00 ") for part in text.split("\\")]
     if isinstance(value, (str, int, float)):
-        text = str(value).strip()
+        text = _CONTROL_CHARACTERS.sub("?", str(value).strip())
         return [text] if text else None
     try:
-        return [str(v).strip() for v in value]
+        return [_CONTROL_CHARACTERS.sub("?", str(v).strip()) for v in value]
     except TypeError:
         return None
 
@@ -1564,6 +1568,25 @@ def _load_with_numpy(volume: DicomVolume, report: ProgressReporter, regularize_g
     return image, dataclasses.replace(volume, geometry=geometry), warnings_, qa
 
 
+def check_volume_memory(volume: DicomVolume, relative=lambda p: Path(p).name) -> None:
+    """Refuse, before any pixel is decoded, a volume whose stored frames or regularized grid
+    would not fit the memory budget (declared frame counts, rows x columns, or slice positions
+    that spread a few slices over an enormous grid)."""
+    from .imageguard import memory_budget_bytes
+
+    first = volume.frames[0].file
+    samples = 3 if first.is_colour else 1
+    stored = float(len(volume.frames)) * first.rows * first.columns * samples * max(first.bits_allocated // 8, 1)
+    grid = float(np.prod([float(v) for v in volume.geometry.size])) * samples * 4  # float32 after rescaling
+    needed = stored + grid  # both are held while the image is built
+    budget = memory_budget_bytes()
+    if needed > budget:
+        raise InputError(relative(first.path), f"DICOM volume of {len(volume.frames)} frames of {first.rows}x"
+                                               f"{first.columns} on a grid of {list(volume.geometry.size)} voxels needs "
+                                               f"{needed / 2**30:.1f} GiB, more than the memory budget of "
+                                               f"{budget / 2**30:.1f} GiB (set MEDANALYSIS_MAX_MEMORY to allow more)")
+
+
 def load_volume(volume: DicomVolume, report: Optional[ProgressReporter] = None, regularize_geometry: bool = True,
                 relative=lambda p: Path(p).name) -> LoadedVolume:
     """Read, rescale and (where needed) regularize a planned volume into a SimpleITK image (LPS).
@@ -1575,6 +1598,7 @@ def load_volume(volume: DicomVolume, report: Optional[ProgressReporter] = None, 
         InputError: no slice of the volume could be read.
     """
     report = report or ProgressReporter()
+    check_volume_memory(volume, relative)
     warnings_ = list(volume.warnings)
     qa = dict(volume.qa)
     image = None

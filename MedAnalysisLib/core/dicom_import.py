@@ -379,9 +379,7 @@ class ImportSession:
         volume = item.volume
         series = volume.series
         folder = Path(folder)
-        name = f"{series.modality}_{series.series_number if series.series_number is not None else 'x'}"
-        if item.volumes_in_series > 1:
-            name += f"_{item.index_in_series + 1}"
+        name = export_folder_name(item)
         target = folder / name
         if target.exists():
             raise InputError(target, "already exists: de-identified DICOM export never replaces a folder")
@@ -466,7 +464,7 @@ def output_paths(output: "str | os.PathLike", items: list, anonymize: bool = Fal
         elif anonymize:
             tag = f"i{number}"
         else:
-            tag = re.sub(r"[^A-Za-z0-9]+", "_", item.name_hint.split(".")[0]).strip("_") or f"i{number}"
+            tag = safe_name(item.name_hint.split(".")[0], f"i{number}")
         candidate = f"{stem}_{tag}"
         while candidate in used:
             candidate += "_b"
@@ -545,11 +543,24 @@ def import_to_files(source: "str | os.PathLike", output: "str | os.PathLike",
     return result
 
 
-def _check_export_target(session: ImportSession, item: PlannedImage, folder: str) -> None:
+def safe_name(text: str, fallback: str = "x", limit: int = 64) -> str:
+    """A file or folder name built from a header value: letters, digits, '-' and '_' only, never
+    empty, never '.' or '..', at most ``limit`` characters (header values never steer a path)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", str(text or "")).strip("_")[:limit]
+    return cleaned or fallback
+
+
+def export_folder_name(item: PlannedImage) -> str:
+    """``<modality>_<series number>[_<n>]`` with the modality reduced to a safe name."""
     series = item.volume.series
-    name = f"{series.modality}_{series.series_number if series.series_number is not None else 'x'}"
+    name = f"{safe_name(series.modality, 'OT')}_{series.series_number if series.series_number is not None else 'x'}"
     if item.volumes_in_series > 1:
         name += f"_{item.index_in_series + 1}"
+    return name
+
+
+def _check_export_target(session: ImportSession, item: PlannedImage, folder: str) -> None:
+    name = export_folder_name(item)
     if (Path(folder) / name).exists():
         raise InputError(Path(folder) / name, "already exists: de-identified DICOM export never replaces a folder")
 
