@@ -784,8 +784,9 @@ class _Tracker:
             self.running[message["case"]] = message["step"]
 
 
-def _openClient(options: BatchOptions, log: Callable[[str], None]):
-    """(client, cluster or None) for the options: an existing scheduler or a new LocalCluster."""
+def _openClient(options: BatchOptions, log: Callable[[str], None], scratch: Optional[Path] = None):
+    """(client, cluster or None) for the options: an existing scheduler or a new LocalCluster whose
+    workers keep their scratch space and lock files in ``scratch`` (removed with the run's work folder)."""
     import logging
 
     from distributed import Client, LocalCluster
@@ -808,6 +809,7 @@ def _openClient(options: BatchOptions, log: Callable[[str], None]):
     with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn}):
         cluster = LocalCluster(n_workers=int(workers), threads_per_worker=threads, processes=True,
                                memory_limit=_memoryLimit(options.memoryLimit),
+                               local_directory=str(scratch) if scratch is not None else None,
                                dashboard_address=options.dashboardAddress, silence_logs=logging.ERROR,
                                env=threadEnvironment(1))
     return Client(cluster), cluster
@@ -912,7 +914,7 @@ def runBatch(manifest: "str | os.PathLike", outDir: "str | os.PathLike", options
                 continue
             pending.append((case, parameters, fingerprint, parts))
         if pending:
-            client, cluster = _openClient(options, log)
+            client, cluster = _openClient(options, log, scratch=workRoot / runId / "dask")
             result["dashboard"] = client.dashboard_link if client.scheduler_info().get("services", {}).get(
                 "dashboard") else None
             log(f"dask dashboard: {result['dashboard'] or 'not available (pip install bokeh>=3.1)'}")

@@ -58,6 +58,7 @@ def run(args) -> int:
                                         brainMask=args.brain_mask if args.brain_mask in ("auto", "off") else "off")
     if args.refine is not None:
         parameters.refine = args.refine
+    parameters.validate()
     scene = mrml.newScene()
     inputNode = mrml.loadVolumeNode(args.input, scene, name=Path(args.input).name.split(".")[0])
     brainMaskNode = None

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from . import geometry
+from . import geometry, imageguard
 from .enhance_presets import PRESETS
 from .errors import InputError
 from .progress import ProgressReporter
@@ -433,6 +433,9 @@ def enhance_image(image: sitk.Image, parameters: EnhancementParameters, mask: Op
         check_input(reference, "reference", "histogram matching")
     if mask is not None:
         mask = check_mask(mask, image, "mask")
+    if "resample" in steps:  # the new grid must fit before any step runs (image, mask and the work copy)
+        target = np.array(image.GetSize(), dtype=float) * np.array(image.GetSpacing()) / np.array(p.spacing_mm, float)
+        imageguard.check_allocation("spacing", np.maximum(1, np.round(target)), 4 * 3, "resampled grid")
     seconds = {}
     bias_field = None
     current = sitk.Cast(image, sitk.sitkFloat32) if p.interpolation != "nearest" else image

@@ -60,6 +60,18 @@ def memory_budget_bytes() -> int:
     return int(available // 2)
 
 
+def check_allocation(subject, size, bytes_per_voxel: float, what: str) -> None:
+    """Refuse a grid of ``size`` voxels (any sequence of counts) that would not fit the memory
+    budget, before it is allocated (``what`` says which grid, for the message)."""
+    voxels = float(np.prod([float(v) for v in size], dtype=np.float64))
+    needed = voxels * bytes_per_voxel
+    budget = memory_budget_bytes()
+    if not math.isfinite(needed) or needed > budget or any(float(v) >= 2 ** 31 for v in size):
+        shown = [int(v) if math.isfinite(float(v)) and float(v) < 1e15 else float(v) for v in size]
+        raise InputError(subject, f"{what} of {shown} voxels needs {needed / 2**30:.3g} GiB, more than the memory "
+                                  f"budget of {budget / 2**30:.1f} GiB (set MEDANALYSIS_MAX_MEMORY to allow more)")
+
+
 def _header_text(path: Path) -> list[str]:
     with open(path, "rb") as handle:
         raw = handle.read(HEADER_TEXT_LIMIT)

@@ -39,6 +39,13 @@ class SegmentationParameters:
     def validate(self) -> "SegmentationParameters":
         if self.brainMask not in BRAIN_MASK_CHOICES:
             raise InputError("brain mask", f"unknown choice '{self.brainMask}' (use {' or '.join(BRAIN_MASK_CHOICES)})")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise InputError("threads", f"must be at least 1, got {self.threads}")
+        if self.lesionMinMl is not None and not (isinstance(self.lesionMinMl, (int, float)) and self.lesionMinMl >= 0):
+            raise InputError("lesionMinMl", f"must be a number >= 0, got {self.lesionMinMl}")
+        if self.lesionThreshold is not None and not (isinstance(self.lesionThreshold, (int, float))
+                                                     and 0 < self.lesionThreshold <= 1):
+            raise InputError("lesionThreshold", f"must be in (0, 1], got {self.lesionThreshold}")
         return self
 
     def inferenceSettings(self) -> InferenceSettings:

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -279,10 +280,13 @@ def test_local_cluster_survives_killed_worker(tmp_path, data):
                                  defaults={"model": str(data / "tiny.safetensors"), "preset": "none",
                                            "denoise": "gaussian", "normalize": "zscore", "markers": str(markers)})
     lines, progress = [], []
+    shared_scratch = Path(tempfile.gettempdir()) / "dask-scratch-space"
+    scratch_before = set(shared_scratch.glob("*")) if shared_scratch.exists() else set()
     run = BatchThread(manifest, out, options, progress=lambda f, m: progress.append(f), log=lines.append,
                       registry=registry_with_hold())
     run.start()
     marker = wait_for(lambda: next(iter(markers.glob("a0-*.pid")), None), "case a0 to start")
+    assert list((out / batch.WORK_DIR).glob("*/dask/*")), "workers keep their scratch under the output folder"
     pid = int(marker.read_text())
     assert pid != os.getpid()
     os.kill(pid, signal.SIGKILL)
@@ -295,6 +299,8 @@ def test_local_cluster_survives_killed_worker(tmp_path, data):
     assert result["counts"] == {"ok": 4, "failed": 0, "skipped": 0}
     assert any(line.startswith(f"dask dashboard: {DASHBOARD}") for line in lines), lines
     assert progress[-1] == 1.0
+    assert not (out / batch.WORK_DIR).exists()  # the scratch went with the run
+    assert (set(shared_scratch.glob("*")) if shared_scratch.exists() else set()) == scratch_before
     summary = read_summary(out)
     assert list(summary) == ["a0", "b", "c", "a1"] and {r["status"] for r in summary.values()} == {"ok"}
     assert all(float(r["seconds"]) > 0 and r["error"] == "" for r in summary.values())

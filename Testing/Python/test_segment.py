@@ -148,6 +148,27 @@ def test_config_class_outside_allow_list_is_refused(tmp_path, tiny_model):
         models.load_model(str(path), REPO / "Resources" / "Models")
 
 
+@pytest.mark.parametrize("case", ["deep", "huge_text", "many_values", "too_many_parameters"])
+def test_model_configs_are_bounded_before_a_network_is_built(tmp_path, tiny_model, case):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(tiny_model.read_bytes())
+    config = tiny_config()
+    if case == "deep":
+        text = json.dumps(config)[:-1] + ', "extra": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    elif case == "huge_text":
+        text = json.dumps({**config, "padding": "x" * (2 << 20)})
+    elif case == "many_values":
+        config["network"]["args"]["dropout"] = [0.0] * 20_000
+        text = json.dumps(config)
+    else:
+        config["network"]["args"].update(channels=[4096, 8192, 16384], strides=[2, 2])
+        text = json.dumps(config)
+    (tmp_path / "model.json").write_text(text)
+    with pytest.raises(InputError, match="network config") as caught:
+        models.load_model(str(path), REPO / "Resources" / "Models")
+    assert "\n" not in str(caught.value)
+
+
 def test_wrong_catalog_hash_is_refused(tmp_path, tiny_model):
     (tmp_path / "w.safetensors").write_bytes(tiny_model.read_bytes())
     (tmp_path / "c.json").write_text(json.dumps(tiny_config()))

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 from ..errors import InputError
 from ..provenance import file_sha256, path_sha256
+from .netconfig import parse_config_text
 
 CATALOG_FILE = "catalog.json"
 
@@ -77,7 +78,7 @@ def _config_beside(weights: Path, config_path: Optional[Path]) -> dict:
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             try:
-                return json.loads(Path(candidate).read_text())
+                return parse_config_text(Path(candidate).read_bytes(), "network config")
             except ValueError as error:
                 raise InputError(candidate, f"network config is not valid JSON ({error})") from None
     raise InputError(weights, "no network config: put a JSON config with the same name beside the weights")
@@ -88,7 +89,7 @@ def _build(config: dict, subject) -> Any:
 
     try:
         return build_network(config)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, RecursionError) as error:
         raise InputError(subject, f"network config refused: {error}") from None
 
 

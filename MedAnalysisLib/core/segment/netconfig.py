@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 MODEL_NAME = "brain_tissue_lesion_unet"
 
@@ -74,29 +74,55 @@ def default_config() -> Dict[str, Any]:
     return copy.deepcopy(DEFAULT_CONFIG)
 
 
-def _check_plain(value: Any, where: str) -> None:
+MAX_CONFIG_BYTES = 1 << 20      # a network config is a few kB; refuse megabytes before parsing
+MAX_ARGUMENT_DEPTH = 8          # nesting of the network arguments
+MAX_ARGUMENT_VALUES = 10_000    # values in the network arguments
+
+
+def parse_config_text(text: "str | bytes", where: str = "network config") -> Dict[str, Any]:
+    """JSON text of a model config, bounded in size and nesting (ValueError otherwise)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{where} is {len(text)} bytes, more than {MAX_CONFIG_BYTES} (not a network config)")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{where} is nested too deeply") from None
+
+
+def _check_plain(value: Any, where: str, depth: int = 0, count: Optional[list] = None) -> None:
+    count = count if count is not None else [0]
+    count[0] += 1
+    if count[0] > MAX_ARGUMENT_VALUES:
+        raise ValueError(f"network arguments hold more than {MAX_ARGUMENT_VALUES} values")
+    if depth > MAX_ARGUMENT_DEPTH:
+        raise ValueError(f"network argument {where} is nested more than {MAX_ARGUMENT_DEPTH} levels deep")
     if value is None or isinstance(value, (bool, int, float, str)):
         return
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            _check_plain(v, f"{where}[{i}]")
+            _check_plain(v, f"{where}[{i}]", depth + 1, count)
         return
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
                 raise ValueError(f"network argument {where}: non-string key {k!r}")
-            _check_plain(v, f"{where}.{k}")
+            _check_plain(v, f"{where}.{k}", depth + 1, count)
         return
     raise ValueError(f"network argument {where} is not plain JSON data: {type(value).__name__}")
 
 
-def build_network(config: Dict[str, Any]):
+def build_network(config: Dict[str, Any], max_bytes: Optional[float] = None):
     """Build a ``monai.networks.nets`` network from ``config`` (full model config or its "network" part).
 
-    Raises ValueError for a class outside ``ALLOWED_NETWORKS`` or non-JSON arguments.
+    The network is first built on PyTorch's ``meta`` device (no memory) and its parameter count
+    checked against ``max_bytes`` (default: the memory budget), so a config cannot ask for more
+    memory than the machine has.
+
+    Raises ValueError for a class outside ``ALLOWED_NETWORKS``, non-JSON, too deep or too large
+    arguments, or a network too large for the memory budget.
     """
-    if isinstance(config, str):
-        config = json.loads(config)
+    if isinstance(config, (str, bytes)):
+        config = parse_config_text(config)
     if not isinstance(config, dict):
         raise ValueError("network config must be a dict")
     net_cfg = config.get("network", config)
@@ -109,9 +135,23 @@ def build_network(config: Dict[str, Any]):
     if not isinstance(args, dict):
         raise ValueError("network args must be a dict")
     _check_plain(args, "args")
+    import torch
     from monai.networks import nets
 
+    from ..imageguard import memory_budget_bytes
+
     cls = getattr(nets, cls_name)
+    try:
+        with torch.device("meta"):
+            probe = cls(**copy.deepcopy(args))
+    except (RecursionError, OverflowError, MemoryError) as error:
+        raise ValueError(f"network arguments cannot be built ({type(error).__name__})") from None
+    parameters = count_parameters(probe)
+    del probe
+    limit = max_bytes if max_bytes is not None else memory_budget_bytes() / 4  # weights, gradients-free inference
+    if parameters * 4 > limit:
+        raise ValueError(f"network of {parameters:,} parameters ({parameters * 4 / 2**30:.2f} GiB) exceeds the "
+                         f"memory budget ({limit / 2**30:.2f} GiB for weights)")
     return cls(**copy.deepcopy(args))
 
 
