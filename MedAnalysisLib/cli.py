@@ -8,6 +8,7 @@ stdout; human progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -20,6 +21,9 @@ from .core.errors import InputError, OperationCancelled
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_CASES_FAILED = 0, 1, 2, 3
 NETWORK_COMMANDS = ("segment", "monitor", "demo", "batch", "models")
+STAGED_COMMANDS = ("import", "enhance", "segment", "register", "brain-mask")  # several files, all or none
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
+                errno.ENAMETOOLONG, errno.EFBIG}
 
 
 class StderrProgress:
@@ -81,9 +85,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         import_monai()
     try:
+        if args.command in STAGED_COMMANDS:  # all of the command's files or none of them
+            from .core.progress import staged_outputs
+
+            with staged_outputs():
+                return args.handler(args)
         return args.handler(args)
     except InputError as error:
         print(f"medanalysis {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:  # not a file-system refusal: a defect of ours
+            return _internal(args, error)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"medanalysis {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OperationCancelled as error:
         print(f"medanalysis {args.command}: {error}", file=sys.stderr)
@@ -92,11 +107,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"medanalysis {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERNAL
     except Exception as error:  # noqa: BLE001 - last resort: one line, traceback on request
-        if os.environ.get("MEDANALYSIS_DEBUG"):
-            traceback.print_exc()
-        print(f"medanalysis {args.command}: internal error: {type(error).__name__}: "
-              f"{' '.join(str(error).split())}", file=sys.stderr)
-        return EXIT_INTERNAL
+        return _internal(args, error)
+
+
+def _internal(args, error: BaseException) -> int:
+    if os.environ.get("MEDANALYSIS_DEBUG"):
+        traceback.print_exception(error)
+    print(f"medanalysis {args.command}: internal error: {type(error).__name__}: "
+          f"{' '.join(str(error).split())}", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ temporary file in the destination folder and renamed into place only on success.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import tempfile
 import threading
@@ -78,7 +79,8 @@ def atomic_output(path: "str | os.PathLike") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
     The temporary name keeps the extension so that writers choosing a format by
-    extension (SimpleITK, Slicer storage nodes) behave the same.
+    extension (SimpleITK, Slicer storage nodes) behave the same.  Inside
+    :func:`staged_outputs` the rename waits until every output of the command is written.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -86,12 +88,40 @@ def atomic_output(path: "str | os.PathLike") -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()  # only the unique name is reserved: writers then create a fresh file
+    stage = _STAGE.get()
+    published = False
     try:
         yield tmp
-        os.replace(tmp, final)
+        if stage is not None:
+            stage.append((tmp, final))
+        else:
+            os.replace(tmp, final)
+        published = True
     finally:
-        if tmp.exists():
+        if not published and tmp.exists():
             tmp.unlink()
+
+
+_STAGE: "contextvars.ContextVar[Optional[list]]" = contextvars.ContextVar("medanalysis_staged_outputs", default=None)
+
+
+@contextlib.contextmanager
+def staged_outputs() -> Iterator[None]:
+    """Hold back every :func:`atomic_output` written inside; rename them all onto their final
+    paths at the end, or remove them all when anything fails: a command that writes several
+    files leaves every existing file as it was unless it succeeds as a whole."""
+    pending: list = []
+    token = _STAGE.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _STAGE.reset(token)
+    for tmp, final in pending:
+        os.replace(tmp, final)
 
 
 @contextlib.contextmanager

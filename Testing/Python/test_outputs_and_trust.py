@@ -100,3 +100,36 @@ def test_trust_never_comes_from_a_manifest(tmp_path, volume):
     smuggled = batch.CaseSpec(case.caseId, case.input, None, {"trusted": "yes"}, case.row)
     assert "trusted" not in batch.caseParameters(smuggled, ["segment"], batch.STEPS)
     assert batch.caseParameters(smuggled, ["segment"], batch.STEPS, {"trusted": "1"})["trusted"] == "1"
+
+
+def test_several_outputs_are_published_together_or_not_at_all(tmp_path, volume, monkeypatch, capsys):
+    """The bias field cannot be written (disk full): the enhanced image written just before it
+    must not replace the existing output either, and no temporary file stays behind."""
+    import errno
+
+    from MedAnalysisLib import cli
+
+    output, field = tmp_path / "out.nii.gz", tmp_path / "field.nii.gz"
+    output.write_bytes(b"previous output")
+    real_write = sitk.WriteImage
+    calls = []
+
+    def write(image, name, *args, **kwargs):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", name)
+        return real_write(image, name, *args, **kwargs)
+
+    monkeypatch.setattr(sitk, "WriteImage", write)
+    code = cli.main(["enhance", str(volume), "-o", str(output), "--bias-correct", "--bias-field-output", str(field)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(calls) == 2, err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("[")]
+    assert len(lines) == 1 and "No space left on device" in lines[0], err
+    assert output.read_bytes() == b"previous output" and not field.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz", "scan.nii.gz"]
+
+    monkeypatch.setattr(sitk, "WriteImage", real_write)
+    assert cli.main(["enhance", str(volume), "-o", str(output), "--bias-correct",
+                     "--bias-field-output", str(field)]) == 0
+    assert output.read_bytes() != b"previous output" and field.exists()
