@@ -182,11 +182,12 @@ def _data_length(path: Path) -> Optional[int]:
     return _stream_length(path, limit=declared + 1)
 
 
-def _stream_length(path: Path, limit: int) -> int:
-    """Bytes actually decompressible (read in bounded chunks, stops after ``limit``)."""
+def _stream_length(path: Path, limit: int, skip: int = 0) -> int:
+    """Bytes actually decompressible from ``skip`` on (read in bounded chunks, stops after ``limit``)."""
     total = 0
     try:
-        with gzip.open(path, "rb") as handle:
+        with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as handle:
+            raw.seek(skip)
             while total < limit:
                 chunk = handle.read(1 << 22)
                 if not chunk:
@@ -219,10 +220,86 @@ def check_reader(path: Path, reader) -> None:
         raise InputError(path, "image orientation (direction cosines) is degenerate")
 
 
+NRRD_TYPE_BYTES = {
+    **dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"), 1),
+    **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t", "ushort",
+                     "unsigned short", "unsigned short int", "uint16", "uint16_t"), 2),
+    **dict.fromkeys(("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32", "uint32_t",
+                     "float"), 4),
+    **dict.fromkeys(("longlong", "long long", "long long int", "signed long long", "signed long long int", "int64",
+                     "int64_t", "ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t",
+                     "double"), 8),
+}
+
+
+def nrrd_fields(path: Path) -> tuple[dict, int]:
+    """(lower-case field -> value, byte length of the header including its blank line) of an
+    attached-header NRRD; ({}, 0) when the file does not start with the NRRD magic."""
+    with open(path, "rb") as handle:
+        raw = handle.read(HEADER_TEXT_LIMIT)
+    if not raw.startswith(b"NRRD"):
+        return {}, 0
+    fields, offset = {}, 0
+    for line in raw.split(b"\n"):
+        offset += len(line) + 1
+        text = line.decode("latin-1").rstrip("\r")
+        if not text.strip():
+            return fields, offset
+        if text.startswith("#") or ":=" in text or ":" not in text:
+            continue
+        key, _, value = text.partition(":")
+        fields[key.strip().lower()] = value.strip()
+    raise InputError(path, f"NRRD header has no end within its first {HEADER_TEXT_LIMIT} bytes")
+
+
+def check_nrrd(path: Path) -> None:
+    """Sizes, type and data length of a NRRD file (attached data or a detached file beside it),
+    checked in Python before the C++ readers see it: a truncated or inflated file is refused."""
+    fields, header_bytes = nrrd_fields(path)
+    if not fields:
+        return
+    try:
+        sizes = [int(v) for v in fields.get("sizes", "").split()]
+    except ValueError:
+        raise InputError(path, f"NRRD sizes '{fields.get('sizes')}' are not whole numbers") from None
+    if not sizes or any(v <= 0 for v in sizes):
+        raise InputError(path, f"NRRD sizes {sizes or fields.get('sizes')} are missing, zero or negative")
+    item = NRRD_TYPE_BYTES.get(fields.get("type", "").lower())
+    if item is None:
+        raise InputError(path, f"NRRD type '{fields.get('type')}' is not a known pixel type")
+    expected = float(np.prod([float(v) for v in sizes])) * item
+    budget = memory_budget_bytes()
+    if expected > budget:
+        raise InputError(path, f"NRRD sizes {sizes} need {expected / 2**30:.1f} GiB, more than the memory budget "
+                               f"of {budget / 2**30:.1f} GiB (set MEDANALYSIS_MAX_MEMORY to allow more)")
+    encoding = fields.get("encoding", "raw").lower()
+    detached = fields.get("data file") or fields.get("datafile")
+    if detached:
+        names = detached_data_files(path)
+        if len(names) != 1 or "%" in detached:
+            return  # lists and patterns: ITK checks each slice file
+        source, skip = Path(os.path.realpath(path.parent / names[0])), 0
+        if not source.is_file():
+            raise InputError(path, f"NRRD data file '{names[0]}' does not exist")
+    else:
+        source, skip = path, header_bytes
+    if encoding in ("raw",):
+        available = source.stat().st_size - skip
+    elif encoding in ("gzip", "gz"):
+        available = _stream_length(source, limit=int(expected) + 1, skip=skip)
+    else:
+        return  # text, hex, bzip2: ITK reads (and checks) them element by element
+    if available < expected:
+        raise InputError(path, f"NRRD data truncated: sizes {sizes} of {item}-byte values need {int(expected)} bytes, "
+                               f"the file holds {max(int(available), 0)}")
+
+
 def check_image_file(path: Path) -> None:
-    """Header checks that need no ITK reader (detached data, NIfTI-1 raw header)."""
+    """Header checks that need no ITK reader (detached data, NIfTI-1 raw header, NRRD data length)."""
     name = path.name.lower()
     if name.endswith((".nhdr", ".nrrd", ".mhd", ".mha")):
         check_detached(path)
+    if name.endswith((".nhdr", ".nrrd")):
+        check_nrrd(path)
     if name.endswith((".nii", ".nii.gz")):
         check_nifti1(path)

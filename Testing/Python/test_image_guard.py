@@ -156,3 +156,33 @@ def test_segmentation_file_goes_through_the_same_checks(tmp_path, scene):
     with pytest.raises(InputError, match="absolute path"):
         mrml.loadSegmentation(seg, scene)
     assert not scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems()
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_truncated_nrrd_is_refused_and_whole_one_reads(tmp_path, rng, compress):
+    path = tmp_path / "scan.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(rng.normal(0, 1, (10, 12, 14)).astype(np.float32)), str(path),
+                    useCompression=compress)
+    assert imageio.read_image(path).GetSize() == (14, 12, 10)
+    data = path.read_bytes()
+    short = tmp_path / "short.nrrd"
+    short.write_bytes(data[:len(data) - 200])
+    refused(short, "truncated")
+
+
+def test_segmentation_with_inflated_extent_is_refused_before_slicer_reads_it(tmp_path, scene):
+    from MedAnalysisLib import mrml
+
+    seg = tmp_path / "lesions.seg.nrrd"
+    seg.write_bytes(b"NRRD0004\ntype: unsigned char\ndimension: 3\nsizes: 2147483648 2 1\nencoding: raw\n"
+                    b"space: left-posterior-superior\nspace directions: (1,0,0) (0,1,0) (0,0,1)\n"
+                    b"space origin: (0,0,0)\n\n" + bytes(64))
+    with pytest.raises(InputError, match="lesions.seg.nrrd"):
+        mrml.loadSegmentation(seg, scene)
+    layered = tmp_path / "layers.seg.nrrd"
+    layered.write_bytes(b"NRRD0004\ntype: unsigned char\ndimension: 4\nsizes: 2 8 8 8\nencoding: raw\n"
+                        b"kinds: list domain domain domain\nspace: left-posterior-superior\n"
+                        b"space directions: none (1,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\n\n" + bytes(100))
+    with pytest.raises(InputError, match="truncated"):
+        mrml.loadSegmentation(layered, scene)
+    assert not scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems()
