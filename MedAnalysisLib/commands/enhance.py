@@ -8,37 +8,18 @@ import time
 from ..cli import EXIT_OK, StderrProgress, emit
 
 
-def _spacing(text: str):
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 3:
-        from ..core.errors import InputError
-
-        raise InputError("--spacing", f"expected SX,SY,SZ in mm, got '{text}'")
-    return values
-
-
 def register(add) -> None:
-    from ..core.enhance import BIAS_METHODS, DENOISE_METHODS, NORMALIZE_METHODS
+    from ..core.enhance import EnhancementParameters
+    from ..core.parameters import add_arguments
 
     parser = add("enhance", run, "denoise, correct bias field, normalize, enhance contrast, resample")
     parser.add_argument("input", nargs="?", metavar="IN")
     parser.add_argument("-o", "--output", metavar="OUT")
-    parser.add_argument("--preset", help="named preset (see --list-presets); explicit options override it")
     parser.add_argument("--list-presets", action="store_true", help="list presets and exit")
-    parser.add_argument("--denoise", choices=DENOISE_METHODS)
-    parser.add_argument("--bias-correct", action="store_true")
-    parser.add_argument("--bias-method", choices=BIAS_METHODS, default="tissue")
     parser.add_argument("--bias-field-output", metavar="F", help="also write the multiplicative bias field")
-    parser.add_argument("--normalize", choices=NORMALIZE_METHODS)
     parser.add_argument("--reference", metavar="REF", help="reference volume for --normalize histmatch")
-    parser.add_argument("--clahe", action="store_true", help="contrast-limited adaptive histogram equalization")
-    parser.add_argument("--spacing", type=str, metavar="SX,SY,SZ", help="resample to this spacing (mm)")
-    parser.add_argument("--interpolation", choices=("linear", "bspline", "nearest"), default="linear")
-    parser.add_argument("--crop", action="store_true", help="crop to the foreground mask (with a 5 mm margin)")
     parser.add_argument("--mask", metavar="MASK", help="foreground mask: labelmap file or .seg.nrrd")
+    add_arguments(parser, EnhancementParameters)  # every pipeline setting, from its one declaration
 
 
 def run(args) -> int:
@@ -46,6 +27,7 @@ def run(args) -> int:
     from ..core.enhance import PRESETS, EnhancementParameters
     from ..core.errors import InputError
     from ..core.imageio import IMAGE_SUFFIXES, check_output_paths, write_image
+    from ..core.parameters import from_namespace
     from ..core.progress import output_suffix
     from ..logic.enhancementlogic import EnhancementLogic
 
@@ -58,10 +40,7 @@ def run(args) -> int:
     for path in (args.output, args.bias_field_output):
         if path and output_suffix(path) not in IMAGE_SUFFIXES:
             raise InputError(path, f"unsupported output extension '{output_suffix(path)}'")
-    parameters = EnhancementParameters(
-        preset=args.preset, denoise=args.denoise, bias_correct=args.bias_correct, bias_method=args.bias_method,
-        normalize=args.normalize, clahe=args.clahe, spacing_mm=_spacing(args.spacing) if args.spacing else None,
-        interpolation=args.interpolation, crop_to_foreground=args.crop)
+    parameters = from_namespace(EnhancementParameters, args)
     parameters.with_preset().validate()
     check_output_paths([args.input, args.mask, args.reference], [args.output, args.bias_field_output])
     if args.bias_field_output and not parameters.with_preset().bias_correct:

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from . import geometry, imageguard
 from .enhance_presets import PRESETS
 from .errors import InputError
+from .parameters import option, parse_spacing
 from .progress import ProgressReporter
 
 DENOISE_METHODS = ("gaussian", "median", "curvature", "gradient", "nlm")
@@ -27,23 +28,31 @@ NORMALIZE_METHODS = ("zscore", "minmax", "percentile", "histmatch")
 INTERPOLATORS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline, "nearest": sitk.sitkNearestNeighbor}
 
 
+def _preset(text: str) -> Optional[str]:
+    return None if str(text).strip().lower() in ("", "none") else str(text).strip()
+
+
 @dataclasses.dataclass
 class EnhancementParameters:
-    """Every setting of the enhancement pipeline (shared by panel, logic, CLI and batch)."""
+    """Every setting of the enhancement pipeline, declared once: the panel, the logic, the CLI
+    options and the batch columns all come from these fields (see ``core/parameters.py``)."""
 
-    preset: Optional[str] = None
+    preset: Optional[str] = option(None, "named preset (see --list-presets); explicit settings override it",
+                                   parse=_preset, metavar="NAME")
     # resampling
-    spacing_mm: Optional[Sequence[float]] = None
-    interpolation: str = "linear"
+    spacing_mm: Optional[Sequence[float]] = option(None, "resample to this voxel spacing ('1' or '1,1,3')",
+                                                   unit="mm", parse=parse_spacing, flag="--spacing",
+                                                   metavar="SX,SY,SZ")
+    interpolation: str = option("linear", "interpolation for resampling", choices=tuple(INTERPOLATORS))
     # bias field
-    bias_correct: bool = False
-    bias_method: str = "tissue"
+    bias_correct: bool = option(False, "correct the bias field")
+    bias_method: str = option("tissue", "bias-field method", choices=BIAS_METHODS)
     bias_shrink_factor: int = 4
     bias_iterations: Sequence[int] = (50, 40, 30)
     bias_spline_spacing_mm: float = 40.0
     bias_tissue_classes: int = 3
     # denoising
-    denoise: Optional[str] = None
+    denoise: Optional[str] = option(None, "denoising method", choices=DENOISE_METHODS)
     gaussian_sigma_mm: float = 0.8
     median_radius_mm: float = 1.0
     diffusion_iterations: int = 5
@@ -52,13 +61,13 @@ class EnhancementParameters:
     nlm_patch_distance: int = 2
     nlm_strength: float = 0.8
     # normalization and contrast
-    normalize: Optional[str] = None
+    normalize: Optional[str] = option(None, "intensity normalization", choices=NORMALIZE_METHODS)
     percentiles: Sequence[float] = (0.5, 99.5)
-    clahe: bool = False
+    clahe: bool = option(False, "contrast-limited adaptive histogram equalization")
     clahe_kernel_mm: float = 32.0
     clahe_clip_limit: float = 0.01
     # cropping and display
-    crop_to_foreground: bool = False
+    crop_to_foreground: bool = option(False, "crop to the foreground mask (with a margin)", flag="--crop")
     crop_margin_mm: float = 5.0
     display_window: Optional[Sequence[float]] = None  # (window, level): display only
 
@@ -67,7 +76,7 @@ class EnhancementParameters:
         if not self.preset:
             return self
         if self.preset not in PRESETS:
-            raise InputError("--preset", f"unknown preset '{self.preset}' (known: {', '.join(sorted(PRESETS))})")
+            raise InputError("preset", f"unknown preset '{self.preset}' (known: {', '.join(sorted(PRESETS))})")
         defaults = EnhancementParameters()
         changes = {}
         for key, value in PRESETS[self.preset].items():
@@ -94,18 +103,16 @@ class EnhancementParameters:
         return steps
 
     def validate(self) -> None:
-        if self.denoise and self.denoise not in DENOISE_METHODS:
-            raise InputError("--denoise", f"unknown method '{self.denoise}' (use {'|'.join(DENOISE_METHODS)})")
-        if self.bias_method not in BIAS_METHODS:
-            raise InputError("--bias-method", f"unknown method '{self.bias_method}' (use {'|'.join(BIAS_METHODS)})")
-        if self.normalize and self.normalize not in NORMALIZE_METHODS:
-            raise InputError("--normalize", f"unknown method '{self.normalize}' (use {'|'.join(NORMALIZE_METHODS)})")
-        if self.interpolation not in INTERPOLATORS:
-            raise InputError("--interpolation", f"unknown interpolation '{self.interpolation}'")
+        """Refuse values outside their choices or ranges (messages name the parameter)."""
+        for name, allowed in (("denoise", DENOISE_METHODS), ("bias_method", BIAS_METHODS),
+                              ("normalize", NORMALIZE_METHODS), ("interpolation", tuple(INTERPOLATORS))):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise InputError(name, f"unknown choice '{value}' (use {' | '.join(allowed)})")
         if self.spacing_mm is not None:
             spacing = np.asarray(self.spacing_mm, dtype=float)
             if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-                raise InputError("--spacing", f"spacing must be three positive numbers in mm, got {list(self.spacing_mm)}")
+                raise InputError("spacing_mm", f"must be three positive numbers in mm, got {list(self.spacing_mm)}")
         for name in ("gaussian_sigma_mm", "median_radius_mm", "bias_spline_spacing_mm", "clahe_kernel_mm"):
             if not getattr(self, name) > 0:
                 raise InputError(name, "must be positive")
@@ -408,7 +415,7 @@ def resample_like(image: sitk.Image, reference: sitk.Image, interpolation: str =
                   default_value: float = 0.0) -> sitk.Image:
     """Resample ``image`` onto ``reference``'s grid (world positions kept; no transform)."""
     if interpolation not in INTERPOLATORS:
-        raise InputError("--interpolation", f"unknown interpolation '{interpolation}'")
+        raise InputError("interpolation", f"unknown interpolation '{interpolation}'")
     if image.GetDimension() != reference.GetDimension():
         raise InputError("reference", f"{reference.GetDimension()}-D reference for a {image.GetDimension()}-D image")
     return geometry.resample_to_grid(image, geometry.grid_of(reference), INTERPOLATORS[interpolation], default_value)

@@ -264,4 +264,4 @@ def test_cli_bad_input_keeps_existing_output(tmp_path):
     assert "constant" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert out.read_bytes() == b"precious"
     result = run_cli("enhance", constant, "-o", out, "--spacing", "1,0,1")
-    assert result.returncode == 2 and "--spacing" in result.stderr
+    assert result.returncode == 2 and "spacing" in result.stderr and len(result.stderr.strip().splitlines()) == 1
