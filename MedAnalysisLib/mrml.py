@@ -187,7 +187,20 @@ def loadVolumeNode(path: "str | os.PathLike", scene=None, name: Optional[str] = 
     from .core.imageio import read_image
 
     image = read_image(path)
-    return volumeNodeFromImage(image, scene, name=name or Path(path).name.split(".")[0], labelmap=labelmap)
+    try:
+        node = volumeNodeFromImage(image, scene, name=name or Path(path).name.split(".")[0], labelmap=labelmap)
+    except InputError as error:
+        raise InputError(path, error.problem) from None
+    node.SetAttribute(SOURCE_ATTRIBUTE, Path(path).name)
+    return node
+
+
+SOURCE_ATTRIBUTE = "MedAnalysis.LoadedFrom"  # file name, for messages (CLI and batch loads only)
+
+
+def subjectOf(node) -> str:
+    """What a message about ``node`` should name: the file it was loaded from, else its name."""
+    return node.GetAttribute(SOURCE_ATTRIBUTE) or node.GetName()
 
 
 # --- segmentations ----------------------------------------------------------------------------

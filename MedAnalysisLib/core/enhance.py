@@ -22,6 +22,7 @@ from .errors import InputError
 from .parameters import option, parse_spacing
 from .progress import ProgressReporter
 
+MIN_VOXELS_PER_AXIS = 4  # the recursive Gaussian and the bias-field fit need this many along each axis
 DENOISE_METHODS = ("gaussian", "median", "curvature", "gradient", "nlm")
 BIAS_METHODS = ("tissue", "n4")
 NORMALIZE_METHODS = ("zscore", "minmax", "percentile", "histmatch")
@@ -139,6 +140,9 @@ def check_input(image: sitk.Image, subject, what: str = "enhancement") -> None:
         raise InputError(subject, f"{image.GetDimension()}-D image: {what} needs a 3-D image")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(subject, f"{image.GetNumberOfComponentsPerPixel()}-component image: {what} needs a scalar image")
+    if min(image.GetSize()) < MIN_VOXELS_PER_AXIS:
+        raise InputError(subject, f"image of {list(image.GetSize())} voxels is too small for {what} (at least "
+                                  f"{MIN_VOXELS_PER_AXIS} voxels along each axis)")
     array = geometry.array_view(image)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))

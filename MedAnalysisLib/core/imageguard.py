@@ -28,6 +28,7 @@ import numpy as np
 from .errors import InputError
 
 HEADER_TEXT_LIMIT = 1 << 16
+MAX_EXTENT_MM = 10_000.0  # 10 m along an axis: no scanner images more; larger means a header that lies
 
 
 def _pixel_bytes(pixel_id: int) -> int:
@@ -136,7 +137,10 @@ def check_nifti1(path: Path) -> None:
         if struct.unpack(endian + "i", header[:4])[0] == 348:
             break
     else:
-        return  # not NIfTI-1 (NIfTI-2 or something ITK will judge)
+        sizes = {struct.unpack(e + "i", header[:4])[0] for e in "<>"}
+        if 540 in sizes:
+            return  # NIfTI-2: ITK reads and checks it
+        raise InputError(path, f"not a readable image (NIfTI header size {min(sizes, key=abs)}, expected 348)")
     dims = struct.unpack(endian + "8h", header[40:56])
     datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
     pixdim = struct.unpack(endian + "8f", header[76:108])
@@ -215,6 +219,12 @@ def check_reader(path: Path, reader) -> None:
         raise InputError(path, f"voxel spacing {list(spacing)} is not a set of positive numbers")
     if not all(math.isfinite(v) for v in origin) or not all(math.isfinite(v) for v in direction):
         raise InputError(path, "image origin or orientation holds NaN or infinite values")
+    extent = [n * d for n, d in zip(size[:3], spacing[:3])]
+    if max(extent) > MAX_EXTENT_MM:
+        raise InputError(path, f"image extent {[round(v, 1) for v in extent]} mm exceeds {MAX_EXTENT_MM / 1000:g} m "
+                               f"along an axis: the voxel spacing {list(spacing)} or size {size} is wrong")
+    if max(abs(v) for v in origin[:3]) > MAX_EXTENT_MM * 100:
+        raise InputError(path, f"image origin {list(origin)} mm is implausibly far from the scanner's centre")
     dimension = len(size)
     if abs(np.linalg.det(np.array(direction).reshape(dimension, dimension))) < 1e-6:
         raise InputError(path, "image orientation (direction cosines) is degenerate")

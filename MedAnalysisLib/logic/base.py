@@ -47,9 +47,9 @@ class LogicBase:
             ids = [segmentId] if segmentId else [segmentation.GetNthSegmentID(i)
                                                  for i in range(segmentation.GetNumberOfSegments())]
             if not ids:
-                raise InputError(maskNode.GetName(), "segmentation has no segment to use as a mask")
+                raise InputError(mrml.subjectOf(maskNode), "segmentation has no segment to use as a mask")
             if segmentId and segmentation.GetSegment(segmentId) is None:
-                raise InputError(maskNode.GetName(), f"segmentation has no segment '{segmentId}'")
+                raise InputError(mrml.subjectOf(maskNode), f"segmentation has no segment '{segmentId}'")
             return mrml.labelmapFromSegmentationNode(maskNode, referenceImage=referenceImage, segmentIds=ids)
         return mrml.imageFromVolumeNode(maskNode)
 

@@ -60,11 +60,11 @@ class BrainExtractionLogic(LogicBase):
         report = self.reporter(progress, cancel)
         started = time.perf_counter()
         image = mrml.imageFromVolumeNode(inputVolumeNode)
-        brain.check_brain_input(image, inputVolumeNode.GetName())  # before the network is loaded
+        brain.check_brain_input(image, mrml.subjectOf(inputVolumeNode))  # before the network is loaded
         report(0.0, "loading the brain-extraction network")
         extractor = self.extractor(parameters.device)
         loaded = time.perf_counter()
-        result = extractor.extract(image, parameters.threshold, subject=inputVolumeNode.GetName(),
+        result = extractor.extract(image, parameters.threshold, subject=mrml.subjectOf(inputVolumeNode),
                                    progress=report.sub(0.05, 0.9))
         report.cancel.raise_if_cancelled()
         record = self.provenance("brain-mask", parameters, [inputVolumeNode])

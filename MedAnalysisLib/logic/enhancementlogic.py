@@ -44,7 +44,7 @@ class EnhancementLogic(LogicBase):
         mask = self.maskImageFromNode(maskNode, maskSegmentId, image)
         reference = mrml.imageFromVolumeNode(referenceVolumeNode) if referenceVolumeNode is not None else None
         result = enhance.enhance_image(image, parameters, mask=mask, reference=reference,
-                                       report=report.sub(0.0, 0.95), subject=inputVolumeNode.GetName())
+                                       report=report.sub(0.0, 0.95), subject=mrml.subjectOf(inputVolumeNode))
         report.cancel.raise_if_cancelled()
         effective = parameters.with_preset()
         record = self.provenance("enhance", effective, [inputVolumeNode, maskNode, referenceVolumeNode])

@@ -146,7 +146,7 @@ class MonitoringLogic(LogicBase):
         followup = mrml.imageFromVolumeNode(followupVolumeNode)
         overlap = geometry.bounds_overlap_mm(baseline, followup)
         if np.any(overlap <= 0):
-            raise InputError(followupVolumeNode.GetName(), "field of view does not overlap the baseline's in scanner "
+            raise InputError(mrml.subjectOf(followupVolumeNode), "field of view does not overlap the baseline's in scanner "
                              f"coordinates (overlap {np.round(overlap, 1).tolist()} mm): not a follow-up of the same "
                              "anatomy, or its position information is wrong")
 

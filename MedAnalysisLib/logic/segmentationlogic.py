@@ -108,17 +108,17 @@ class SegmentationLogic(LogicBase):
             if not geometry.same_grid(mask, image, 1e-3):
                 mask = geometry.resample_to_grid(mask, geometry.grid_of(image), sitk.sitkNearestNeighbor, 0)
             if not geometry.array_view(mask).any():
-                raise InputError(brainMaskNode.GetName(), "brain mask is empty (no voxel inside the input's grid)")
+                raise InputError(mrml.subjectOf(brainMaskNode), "brain mask is empty (no voxel inside the input's grid)")
             return mask
         if parameters.brainMask != "auto" or not is_brain_model(model.config):
             return None
         try:
-            brain.check_brain_input(image, inputVolumeNode.GetName())
+            brain.check_brain_input(image, mrml.subjectOf(inputVolumeNode))
         except InputError as error:  # not a head-sized image: the model alone decides what is brain
             self.messages.append(f"brain extraction skipped: {error.problem}")
             return None
         extractor = BrainExtractionLogic(self.scene).extractor(parameters.device)
-        return extractor.extract(image, subject=inputVolumeNode.GetName(), progress=report).mask
+        return extractor.extract(image, subject=mrml.subjectOf(inputVolumeNode), progress=report).mask
 
     def segment(self, inputVolumeNode, parameters: Optional[SegmentationParameters] = None,
                 outputSegmentationNode=None, progress: Optional[ProgressCallback] = None,
@@ -139,7 +139,7 @@ class SegmentationLogic(LogicBase):
         if brainMask is not None:
             image = brain.masked_image(image, brainMask)
         result = segment_image(image, model.network, model.config, parameters.inferenceSettings(),
-                               report.sub(start, 0.95), subject=inputVolumeNode.GetName())
+                               report.sub(start, 0.95), subject=mrml.subjectOf(inputVolumeNode))
         del image  # the input copy is not needed any more: large volumes are the memory limit
         if brainMask is not None:
             result.labels = brain.labels_inside(result.labels, brainMask)

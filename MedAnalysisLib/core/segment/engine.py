@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .. import geometry
+from .. import geometry, imageguard
 from ..errors import InputError, MedAnalysisError
 from ..progress import ProgressReporter
 
@@ -90,6 +90,9 @@ def preprocess(image: sitk.Image, config: dict) -> tuple[dict, np.ndarray]:
     del oriented
     if spacing:
         grid = geometry.grid_for_spacing(model_image, spacing)
+        # the model grid, its probabilities (one float per class) and the work copies must fit
+        imageguard.check_allocation("input", grid["size"], 4 * (len(config.get("labels", [])) + 3),
+                                    "model-spacing grid")
         if not np.allclose(grid["spacing"], model_image.GetSpacing()) or grid["size"] != list(model_image.GetSize()):
             model_image = geometry.resample_to_grid(model_image, grid, interpolation,
                                                     float(geometry.array_view(model_image).min()))
