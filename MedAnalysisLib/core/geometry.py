@@ -150,8 +150,14 @@ def describe(image: sitk.Image) -> dict:
 
 def orientation_code(image: sitk.Image) -> str:
     """Three-letter RAS-style code of the voxel axes, e.g. 'LPS' or 'RAS' (direction of increasing i, j, k)."""
-    filt = sitk.DICOMOrientImageFilter
-    return filt.GetOrientationFromDirectionCosines(image.GetDirection())
+    return orientation_code_from_direction(image.GetDirection())
+
+
+def orientation_code_from_direction(direction: np.ndarray | Sequence[float]) -> str:
+    """:func:`orientation_code` of a 3x3 LPS direction matrix (columns: the i, j, k axes), or of its
+    nine values in row-major order (``image.GetDirection()``)."""
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
+        tuple(float(v) for v in np.asarray(direction).ravel()))
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tolerance_mm: float = 1e-4) -> bool:

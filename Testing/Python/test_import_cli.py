@@ -232,7 +232,7 @@ def test_unreadable_file_permissions(tmp_path, monkeypatch, existing_output):
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(dicom, "open", guarded_open, raising=False)
+    monkeypatch.setattr(dicom.header, "open", guarded_open, raising=False)  # read_header's open
     result = import_to_files(tmp_path / "series", tmp_path / "out.nii")
     [output] = result["outputs"]
     assert any(locked.name in w and "permission denied" in w for w in output["warnings"])

@@ -66,7 +66,7 @@ def test_oblique_series_loads_back_exactly(oblique_series, oblique_source):
 
 def test_numpy_and_itk_paths_agree(oblique_series, monkeypatch):
     [bulk] = load_all(oblique_series)
-    monkeypatch.setattr(dicom, "_bulk_read_with_itk", lambda volume: None)
+    monkeypatch.setattr(dicom.pixels, "_bulk_read_with_itk", lambda volume: None)
     [plain] = load_all(oblique_series)
     assert np.array_equal(array(bulk.image), array(plain.image))
     assert bulk.image.GetPixelID() == plain.image.GetPixelID()

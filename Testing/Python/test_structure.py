@@ -137,6 +137,8 @@ def test_wheel_ships_resources(tmp_path):
     assert "MedAnalysisLib/Resources/SampleData/mni152_t1.nii.gz" in names
     assert "MedAnalysisLib/Resources/SampleData/NOTICE.txt" in names
     assert "MedAnalysisLib/mrml.py" in names and "MedAnalysisLib/core/geometry.py" in names
+    assert "MedAnalysisLib/core/dicom/__init__.py" in names and "MedAnalysisLib/core/dicom/pixels.py" in names
+    assert "MedAnalysisLib/core/dicom.py" not in names  # a package now: no stale module beside it
     # training, synthetic data and fixture generators stay out of the product
     assert not any(n.startswith("Training/") or "/train.py" in n or "/synth.py" in n or "phantom" in n
                    for n in names), sorted(n for n in names if "Training" in n or "synth" in n)
