@@ -378,6 +378,7 @@ def loadSegmentation(path: "str | os.PathLike", scene=None, name: Optional[str] 
         scene.RemoveNode(segmentationNode)
         raise InputError(path, "not a readable segmentation file")
     segmentationNode.CreateDefaultDisplayNodes()
+    segmentationNode.SetAttribute(SOURCE_ATTRIBUTE, path.name)
     return segmentationNode
 
 

@@ -101,9 +101,9 @@ class RegistrationLogic(LogicBase):
         if fixedLandmarksNode is not None or movingLandmarksNode is not None:
             parameters = dataclasses.replace(parameters, fixed_landmarks_lps=self.landmarksLps(fixedLandmarksNode),
                                              moving_landmarks_lps=self.landmarksLps(movingLandmarksNode))
-        subjects = {"fixed": fixedName, "moving": movingName,
-                    "fixed_mask": fixedMaskNode.GetName() if fixedMaskNode is not None else None,
-                    "moving_mask": movingMaskNode.GetName() if movingMaskNode is not None else None}
+        subjects = {"fixed": mrml.subjectOf(fixedVolumeNode), "moving": mrml.subjectOf(movingVolumeNode),
+                    "fixed_mask": mrml.subjectOf(fixedMaskNode) if fixedMaskNode is not None else None,
+                    "moving_mask": mrml.subjectOf(movingMaskNode) if movingMaskNode is not None else None}
         result = core.register_images(fixedImage, movingImage, parameters, fixedMask, movingMask, initialTransform,
                                       report.sub(0.0, 0.9), subjects)
         resampled = None

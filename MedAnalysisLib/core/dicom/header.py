@@ -347,8 +347,27 @@ def _file_record(path: Path, size: int, dataset, syntax: str, pixel_offset: Opti
     if has_pixels and pixel_offset is not None:
         _check_pixel_element(record, pixel_offset, chunk)
     if record.has_pixels:
-        record.frames = _frames_of(record, dataset)
+        frames_problem = _frame_count_problem(record)
+        if frames_problem:
+            record.problem = frames_problem  # the file is left out; no frame list is built for it
+        else:
+            record.frames = _frames_of(record, dataset)
     return record
+
+
+def _frame_count_problem(record: DicomFile) -> Optional[str]:
+    """A declared frame count the file cannot hold (native frames need their bytes, an
+    encapsulated frame at least one 8-byte item, a deflated dataset 1/1032 of its bytes)."""
+    if record.transfer_syntax in NATIVE_LITTLE_ENDIAN | {EXPLICIT_BE}:
+        least = record.frame_bytes
+    elif record.transfer_syntax == DEFLATED_LE:
+        least = record.frame_bytes // 1032
+    else:
+        least = 8
+    if record.number_of_frames > 1 and record.number_of_frames * max(least, 1) > record.size_bytes:
+        return (f"declares {record.number_of_frames} frames of {record.rows}x{record.columns}, more than its "
+                f"{record.size_bytes} bytes can hold")
+    return None
 
 
 def _check_pixel_element(record: DicomFile, offset: int, chunk: bytes = b"") -> None:
