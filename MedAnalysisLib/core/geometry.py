@@ -33,12 +33,22 @@ def array_view(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayViewFromImage(image)
 
 
-def ijk_to_lps(image: sitk.Image) -> np.ndarray:
-    """4x4 matrix mapping voxel indices (i, j, k, 1) to LPS millimetres."""
-    dim = image.GetDimension()
-    direction = np.array(image.GetDirection(), dtype=float).reshape(dim, dim)
-    spacing = np.array(image.GetSpacing(), dtype=float)
-    origin = np.array(image.GetOrigin(), dtype=float)
+def ijk_to_lps(image: "sitk.Image | dict") -> np.ndarray:
+    """4x4 matrix mapping voxel indices (i, j, k, 1) to LPS millimetres.
+
+    ``image`` is a SimpleITK image or a grid dict (``origin``, ``spacing``, ``direction``, as
+    :func:`grid_of` returns; the direction row-major or as a matrix).
+    """
+    if isinstance(image, dict):
+        spacing = np.array(image["spacing"], dtype=float)
+        dim = len(spacing)
+        direction = np.array(image["direction"], dtype=float).reshape(dim, dim)
+        origin = np.array(image["origin"], dtype=float)
+    else:
+        dim = image.GetDimension()
+        direction = np.array(image.GetDirection(), dtype=float).reshape(dim, dim)
+        spacing = np.array(image.GetSpacing(), dtype=float)
+        origin = np.array(image.GetOrigin(), dtype=float)
     if dim == 2:  # treat as one slice of a 3-D volume
         direction = np.pad(direction, ((0, 1), (0, 1)))
         direction[2, 2] = 1.0
@@ -115,11 +125,36 @@ def from_channel_first(array_cijk: np.ndarray, reference: sitk.Image) -> sitk.Im
     return image_from_array(np.ascontiguousarray(array.transpose(2, 1, 0)), reference=reference)
 
 
-def physical_points_lps(image: sitk.Image, ijk: np.ndarray) -> np.ndarray:
-    """LPS millimetres of (N, 3) continuous voxel indices (i, j, k)."""
-    matrix = ijk_to_lps(image)
+def lps_to_ijk(image_or_grid: "sitk.Image | dict") -> np.ndarray:
+    """4x4 matrix mapping LPS millimetres (x, y, z, 1) to continuous voxel indices (i, j, k, 1).
+
+    The inverse of :func:`ijk_to_lps` (an image or a grid dict), as ITK's
+    ``TransformPhysicalPointToContinuousIndex`` applies it; compose it with other 4x4 LPS maps.
+    """
+    return np.linalg.inv(ijk_to_lps(image_or_grid))
+
+
+def world_to_index(image_or_grid: "sitk.Image | dict", points_lps: np.ndarray) -> np.ndarray:
+    """Continuous voxel indices (N, 3), in (i, j, k) order, of (N, 3) LPS points (mm).
+
+    Voxel centres are at integer indices (``np.rint`` gives the nearest voxel); the grid covers
+    ``-0.5 <= index <= size - 0.5``. Inverse of :func:`index_to_world`.
+    """
+    matrix = lps_to_ijk(image_or_grid)
+    points = np.asarray(points_lps, dtype=float)
+    return points @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def index_to_world(image_or_grid: "sitk.Image | dict", ijk: np.ndarray) -> np.ndarray:
+    """LPS millimetres (N, 3) of (N, 3) continuous voxel indices (i, j, k) of an image or a grid dict."""
+    matrix = ijk_to_lps(image_or_grid)
     ijk = np.asarray(ijk, dtype=float)
     return ijk @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def physical_points_lps(image: sitk.Image, ijk: np.ndarray) -> np.ndarray:
+    """LPS millimetres of (N, 3) continuous voxel indices (i, j, k) (:func:`index_to_world`)."""
+    return index_to_world(image, ijk)
 
 
 def lps_to_ras_points(points: np.ndarray) -> np.ndarray:
