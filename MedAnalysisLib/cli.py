@@ -8,10 +8,12 @@ stdout; human progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 from typing import Callable, Optional, Sequence
@@ -84,6 +86,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .lean_monai import import_monai
 
         import_monai()
+    with contextlib.ExitStack() as stack:
+        if args.command not in ("batch",):  # batch workers keep the terminal for their own logs
+            stack.enter_context(quietNativeStderr())
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         if args.command in STAGED_COMMANDS:  # all of the command's files or none of them
             from .core.progress import staged_outputs
@@ -108,6 +117,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_INTERNAL
     except Exception as error:  # noqa: BLE001 - last resort: one line, traceback on request
         return _internal(args, error)
+
+
+@contextlib.contextmanager
+def quietNativeStderr():
+    """C and C++ libraries (ITK, VTK, GDCM, libjpeg, nifticlib) write warnings straight to file
+    descriptor 2, which would break the one-line error contract. While a command runs, Python's
+    own stderr goes to a copy of the terminal and the native lines to a temporary file, shown
+    only with MEDANALYSIS_DEBUG=1. Skipped when stderr is not the process's own (tests capturing
+    it, Slicer's console)."""
+    if os.environ.get("MEDANALYSIS_DEBUG") or sys.stderr is not sys.__stderr__:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        original = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    pythonStderr = os.fdopen(os.dup(original), "w", buffering=1, encoding=sys.stderr.encoding,
+                             errors="backslashreplace")
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        sys.stderr = pythonStderr
+        try:
+            yield
+        finally:
+            pythonStderr.flush()
+            sys.stderr = sys.__stderr__
+            os.dup2(original, 2)
+            os.close(original)
+            pythonStderr.close()
 
 
 def _internal(args, error: BaseException) -> int:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -147,7 +148,7 @@ class ImportSession:
     def relative(self, path) -> str:
         """How messages name a file: its path relative to the source, or with ``anonymize`` its
         number in the sorted file list ("file #12"), since file names may carry identifiers."""
-        if self.parameters.anonymize:
+        if self.parameters.anonymize and self.files.kind != "file":  # one file: the name the user typed
             if self._numbers is None:
                 self._numbers = {os.fspath(p): n for n, p in enumerate(self.files.files, start=1)}
             number = self._numbers.get(os.fspath(path))
@@ -275,7 +276,13 @@ class ImportSession:
         from .imageio import read_image
 
         report(0.0, "reading image file")
-        image = read_image(item.path)
+        try:
+            image = read_image(item.path)
+        except InputError as error:  # name the file as the user knows it, never an extraction folder
+            where = self.relative(item.path)
+            if self.files.kind in ("zip", "folder", "dicomdir"):
+                where = f"{self.files.source.name}: {where}"
+            raise InputError(where, error.problem) from None
         images = [image]
         if image.GetDimension() == 4:
             size = list(image.GetSize())
@@ -390,9 +397,15 @@ class ImportSession:
             files = volume.files
             for number, record in enumerate(files):
                 report(number / max(len(files), 1), f"de-identifying {number + 1}/{len(files)}")
-                dataset = pydicom.dcmread(record.path)
-                self.deidentifier.deidentify(dataset)
-                pydicom.dcmwrite(staging / f"IM{number + 1:05d}.dcm", dataset, enforce_file_format=True)
+                try:
+                    dataset = pydicom.dcmread(record.path)
+                    self.deidentifier.deidentify(dataset)
+                    pydicom.dcmwrite(staging / f"IM{number + 1:05d}.dcm", dataset, enforce_file_format=True)
+                except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError,
+                        UnicodeError, EOFError, struct.error) as error:  # a header pydicom cannot carry over
+                    reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+                    raise InputError(self.relative(record.path), f"cannot be de-identified and written ({reason})") \
+                        from None
             os.replace(staging, target)
         finally:
             if staging.exists():

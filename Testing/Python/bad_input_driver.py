@@ -52,8 +52,8 @@ if str(REPO) not in sys.path:
 DRIVER = Path(__file__).resolve()
 GENERATOR = REPO / "Testing" / "Data" / "bad" / "make_bad_corpus.py"
 MEMORY_LIMIT_MB = 1536  # 1.5 GB peak resident memory, except segment runs that succeed (model)
-RLIMIT_AS = 8 << 30  # safety net on a shared machine: a bomb fails to allocate instead of swapping the host
-INVOCATION_TIMEOUT_S = 180
+RLIMIT_AS = 6 << 30  # safety net on a shared machine: a bomb fails to allocate (MemoryError) instead of swapping the host
+INVOCATION_TIMEOUT_S = 120
 
 
 def _vm_hwm_mb() -> float:
@@ -196,12 +196,14 @@ def _signal_name(rc: int) -> str:
         return "?"
 
 
-def run_driver(groups: list, workdir: Path, overall_timeout_s: float = 1800) -> dict:
+def run_driver(groups: list, workdir: Path, overall_timeout_s: float = 1800,
+               invocation_timeout_s: float = INVOCATION_TIMEOUT_S) -> dict:
     """Run ``groups`` ([{"id", "invocations": [{"id", "argv"}]}]) through the driver.
 
     Returns {(group id, invocation id): result}. An invocation during which the child died gets
     ``died: True`` and ``rc``: the child's return code (negative: the signal), ``stderr``: what it
-    had printed plus the faulthandler dump. The child is restarted after it.
+    had printed plus the faulthandler dump; ``hung: seconds`` when it ran past
+    ``invocation_timeout_s`` (the driver's faulthandler ends it). The child is restarted after it.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     pending = [(group["id"], invocation) for group in groups for invocation in group["invocations"]]
@@ -218,7 +220,7 @@ def run_driver(groups: list, workdir: Path, overall_timeout_s: float = 1800) -> 
                 regrouped.append({"id": group_id, "invocations": []})
             regrouped[-1]["invocations"].append(invocation)
         jobs_path.write_text(json.dumps({"groups": regrouped, "rlimit_as": RLIMIT_AS,
-                                         "timeout_s": INVOCATION_TIMEOUT_S,
+                                         "timeout_s": invocation_timeout_s,
                                          "workdir": str(workdir / f"io-{attempt}")}))
         try:
             child = subprocess.run([sys.executable, str(DRIVER), str(jobs_path), str(records_path)], cwd=REPO,
@@ -255,8 +257,9 @@ def run_driver(groups: list, workdir: Path, overall_timeout_s: float = 1800) -> 
         if faults.exists():
             stderr += faults.read_text(errors="replace")
         stderr += child_err or ""
+        hung = invocation_timeout_s if ("Timeout (" in stderr or returncode == "timeout") else None
         results[key] = {"group": key[0], "id": key[1], "argv": started["argv"], "rc": returncode, "died": True,
-                        "seconds": None, "peak_mb": None, "stdout": "", "stderr": stderr}
+                        "hung": hung, "seconds": hung, "peak_mb": None, "stdout": "", "stderr": stderr}
         pending = [(g, inv) for g, inv in pending if (g, inv["id"]) != key]
     return results
 
@@ -285,6 +288,9 @@ def contract_problems(result: dict, basename: str, memory_exempt: bool = False) 
     traceback, no death, bounded memory."""
     problems = []
     rc, err = result["rc"], result.get("stderr") or ""
+    if result.get("hung"):
+        problems.append(f"hung: no result after {result['hung']:.0f} s (ended by the driver's timeout)")
+        return problems
     if result.get("died"):
         problems.append(f"process died (rc {describe_rc(rc)}) during it: {first_line(result)}")
         return problems

@@ -27,6 +27,7 @@ corpus = driver.load_generator()
 CASES = list(corpus.CASES)
 SENTINEL_CASES = {"abs_datafile.nhdr", "escape_datafile.nhdr", "symlink_datafile.nhdr", "list_datafile.nhdr",
                   "abs_datafile.mhd", "escape_datafile.mhd", "zip_nhdr_sentinel.zip"}
+INVOCATION_TIMEOUT_S = 30  # small files, 24x28x20 companions (slowest normal run ~11 s: first segment): past this = hung
 PREVIOUS = b"previous output: must survive a refused run\n"
 
 # id -> (argv template, output file name or None, output is a report folder)
@@ -84,7 +85,7 @@ def run_corpus(base: Path, commands: dict) -> dict:
     groups, folders = build_groups(base, commands, files, good)
     before = {key: driver.snapshot(folder) for key, folder in folders.items()}
     started = time.perf_counter()
-    results = driver.run_driver(groups, base / "driver")
+    results = driver.run_driver(groups, base / "driver", invocation_timeout_s=INVOCATION_TIMEOUT_S)
     seconds = time.perf_counter() - started
     slowest = sorted(results.values(), key=lambda r: -(r["seconds"] or 0))[:5]
     print(f"\n[bad inputs] {len(results)} runs on {len(CASES)} files in {seconds:.1f} s; slowest: " +

@@ -21,6 +21,7 @@ import math
 import secrets
 import struct
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -30,9 +31,10 @@ import pytest
 import bad_input_driver as driver
 
 corpus = driver.load_generator()
-DEFAULT_COUNTS = {"nifti": 120, "nrrd": 100, "dicom": 100}
+DEFAULT_COUNTS = {"nifti": 200, "nrrd": 200, "dicom": 120}
 SLOW_COUNTS = {"nifti": 1500, "nrrd": 1200, "dicom": 1200}
 FUZZ_SEED = 16016
+INVOCATION_TIMEOUT_S = 30  # info/import of a file of a few KB: a run past this is reported as hung
 PREVIOUS = b"previous output: must survive a refused run\n"
 
 INTS = [0, 1, -1, 2, 3, 4, 5, 7, 8, 255, 256, 1000, 4000, 32767, -32768, -2]
@@ -60,6 +62,7 @@ def _pick(rng, values):
 def mutate_nifti(rng, base: bytes) -> tuple:
     data = bytearray(base)
     notes = []
+    cut = None
     for _ in range(int(rng.integers(1, 4))):
         kind = rng.random()
         if kind < 0.6:
@@ -90,8 +93,9 @@ def mutate_nifti(rng, base: bytes) -> tuple:
             notes.append(f"{count} random header bytes")
         else:
             cut = int(rng.integers(0, len(data)))
-            del data[cut:]
-            notes.append(f"truncated at {cut}")
+    if cut is not None:  # last, so that field mutations stay inside the buffer
+        del data[cut:]
+        notes.append(f"truncated at {cut}")
     suffix = ".nii"
     payload = bytes(data)
     if rng.random() < 0.3:
@@ -126,7 +130,6 @@ def mutate_nrrd(rng, base: bytes, sentinel: Path, folder: Path) -> tuple:
     lines = base[:header_end].decode("latin-1").split("\n")
     body = base[header_end + 2:]
     notes = []
-    points_outside = False
     for _ in range(int(rng.integers(1, 4))):
         kind = rng.random()
         fields = [i for i, line in enumerate(lines) if ": " in line]
@@ -146,7 +149,6 @@ def mutate_nrrd(rng, base: bytes, sentinel: Path, folder: Path) -> tuple:
             value = [str(sentinel), str(relative), "LIST\n" + str(sentinel), "../" + sentinel.name][choice]
             lines.append(f"data file: {value}")
             notes.append(f"data file: {value.splitlines()[-1]}")
-            points_outside = True
         elif kind < 0.8 and len(fields) > 1:
             index = _pick(rng, fields)
             notes.append(f"deleted '{lines[index]}'")
@@ -162,6 +164,7 @@ def mutate_nrrd(rng, base: bytes, sentinel: Path, folder: Path) -> tuple:
             cut = int(rng.integers(0, len(body) + 1))
             body = body[:cut]
             notes.append(f"body truncated at {cut}")
+    points_outside = any(line.startswith("data file:") for line in lines)  # all we add point outside
     return "\n".join(lines).encode("latin-1") + b"\n\n" + body, notes, points_outside
 
 
@@ -216,22 +219,13 @@ def _raw(ds, keyword: str, vr: str, value) -> None:
     ds._dict[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
 
 
-def _set_transfer_syntax(data: bytes, syntax: str) -> bytes:
-    """Rewrite (0002,0010) of an explicit VR little endian file (the data set stays as it was encoded)."""
-    start = data.index(b"\x02\x00\x10\x00UI", 132)
-    length = struct.unpack_from("<H", data, start + 6)[0]
-    value = syntax.encode("ascii")
-    if len(value) % 2:
-        value += b"\0"
-    element = b"\x02\x00\x10\x00UI" + struct.pack("<H", len(value)) + value
-    out = bytearray(data[:start] + element + data[start + 8 + length:])
-    group = out.index(b"\x02\x00\x00\x00UL\x04\x00", 132)
-    old = struct.unpack_from("<I", out, group + 8)[0]
-    struct.pack_into("<I", out, group + 8, old + len(element) - (8 + length))
-    return bytes(out)
-
-
 def mutate_dicom(rng, instance: int) -> tuple:
+    with warnings.catch_warnings():  # pydicom warns about the invalid values: they are the point
+        warnings.simplefilter("ignore")
+        return _mutate_dicom(rng, instance)
+
+
+def _mutate_dicom(rng, instance: int) -> tuple:
     ds = corpus.valid_dicom_dataset(instance=1 + instance % 7)
     notes = []
     flips = 0
@@ -265,7 +259,7 @@ def mutate_dicom(rng, instance: int) -> tuple:
             notes.append(f"{flips} random bytes after the preamble")
     data = corpus.dicom_bytes(ds)
     if syntax is not None:
-        data = _set_transfer_syntax(data, syntax)
+        data = corpus.set_transfer_syntax(data, syntax)
     data = bytearray(data)
     for _ in range(flips):
         data[int(rng.integers(132, len(data)))] = int(rng.integers(256))
@@ -322,7 +316,7 @@ def run_fuzz(fmt: str, count: int, base: Path) -> dict:
         groups.append({"id": case["name"], "invocations": invocations})
     before = {key: driver.snapshot(folder) for key, folder in folders.items()}
     started = time.perf_counter()
-    results = driver.run_driver(groups, base / "driver")
+    results = driver.run_driver(groups, base / "driver", invocation_timeout_s=INVOCATION_TIMEOUT_S)
     seconds = time.perf_counter() - started
 
     failures, counts = [], Counter()
@@ -354,8 +348,8 @@ def run_fuzz(fmt: str, count: int, base: Path) -> dict:
     slowest = max(timed, key=lambda r: r["seconds"]) if timed else None
     summary = (f"[fuzz {fmt}] {len(cases)} files, {counts['runs']} runs in {seconds:.1f} s; "
                + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if k != "runs")
-               + (f"; slowest {slowest['group']} {slowest['id']} {slowest['seconds']} s "
-                  f"(peak {slowest['peak_mb']} MB)" if slowest else ""))
+               + (f"; slowest {slowest['group']} {slowest['id']} {slowest['seconds']} s"
+                  + (" (hung)" if slowest.get("hung") else f" (peak {slowest['peak_mb']} MB)") if slowest else ""))
     return {"summary": summary, "failures": failures, "counts": counts}
 
 

@@ -97,7 +97,7 @@ def test_2d_versus_3d(files, tmp_path, capsys, existing):
     output, transform = existing
     code, lines = run_main(capsys, paths["fixed"], slice_path, "-o", output, "--transform", transform)
     slice_path.unlink()
-    assert_bad_input(code, lines, "slice.nrrd", existing, "2-D image but the fixed image is 3-D")
+    assert_bad_input(code, lines, "slice.nrrd", existing, "2-D image: registration needs 3-D images")
 
 
 def test_empty_mask(files, tmp_path, capsys, existing):

@@ -243,7 +243,7 @@ def small_pair():
 
 def test_dimension_mismatch(small_pair):
     fixed, moving = small_pair
-    with pytest.raises(InputError, match=r"moving.nii.gz: 2-D image but the fixed image is 3-D"):
+    with pytest.raises(InputError, match=r"moving.nii.gz: 2-D image: registration needs 3-D images"):
         reg.register_images(fixed, moving[:, :, 40], subjects={"moving": "moving.nii.gz"})
 
 

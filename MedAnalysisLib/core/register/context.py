@@ -77,6 +77,12 @@ class _Context:
         return image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in image.GetSize()])
 
     def subject(self, key: str) -> str:
+        """How messages name an input; "pair" names the fixed and moving images (and masks given)
+        together, for failures that belong to the pair rather than to one file."""
+        if key == "pair":
+            names = [self.subjects.get(k) or k for k in ("fixed", "moving")]
+            masks = [self.subjects[k] for k in ("fixed_mask", "moving_mask") if self.subjects.get(k)]
+            return " -> ".join(names) + (f" (masks {', '.join(masks)})" if masks else "")
         return self.subjects.get(key) or key
 
 

@@ -276,10 +276,12 @@ def _itk_linear_level(context: _Context, stage: dict, level_index: int, fixed_le
         method.Execute(fixed_level, moving_level)
     except RuntimeError as error:
         if _outside_error(error):
-            raise RegistrationFailed(context.subject("moving"),
+            raise RegistrationFailed(context.subject("pair"),
                                      f"registration failed at {where}: the optimization moved the images apart "
                                      "(diverged); try another --init or a smaller step") from None
-        raise
+        reason = " ".join(str(error).split("ERROR:")[-1].split())[:200]
+        raise RegistrationFailed(context.subject("pair"), f"registration failed at {where}: ITK refused the "
+                                                         f"inputs ({reason}); check the images and masks") from None
     if cancelled:
         raise OperationCancelled("registration cancelled by the user")
     return {"engine": "simpleitk", "optimizer": optimizer["name"], "iterations": int(method.GetOptimizerIteration()),

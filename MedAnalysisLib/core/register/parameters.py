@@ -187,12 +187,10 @@ def check_inputs(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sit
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(_subject(subjects, key), f"{image.GetNumberOfComponentsPerPixel()}-component image: "
                                                       "registration needs a scalar image")
-    if fixed.GetDimension() != moving.GetDimension():
-        raise InputError(_subject(subjects, "moving"), f"{moving.GetDimension()}-D image but the fixed image is "
-                                                       f"{fixed.GetDimension()}-D: both must be 3-D")
     for key, image in (("fixed", fixed), ("moving", moving)):
         if image.GetDimension() != 3:
             raise InputError(_subject(subjects, key), f"{image.GetDimension()}-D image: registration needs 3-D images")
+    for key, image in (("fixed", fixed), ("moving", moving)):
         if min(image.GetSize()) == 1:
             raise InputError(_subject(subjects, key), f"single-slice (2-D) image of size {list(image.GetSize())}: "
                                                       "registration needs 3-D volumes")
@@ -207,6 +205,9 @@ def check_inputs(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sit
         if mask is not None:
             if mask.GetDimension() != 3:
                 raise InputError(_subject(subjects, mask_key), f"{mask.GetDimension()}-D mask: needs a 3-D mask")
+            mask_values = geometry.array_view(mask)
+            if mask_values.dtype.kind == "f" and not np.isfinite(mask_values).all():
+                raise InputError(_subject(subjects, mask_key), "mask has NaN or infinite voxels")
             on_grid = mask_on_grid(mask, image)
             inside = geometry.array_view(on_grid) > 0
             if not np.any(geometry.array_view(mask)):
@@ -228,13 +229,10 @@ def check_file_dimensions(fixed_path: "str | os.PathLike", moving_path: "str | o
     """Compare the dimensions stored in two image files (before they become 3-D volume nodes)."""
     from ..imageio import read_image_header
 
-    fixed_dimension = read_image_header(fixed_path).GetDimension()
-    moving_dimension = read_image_header(moving_path).GetDimension()
-    if fixed_dimension != moving_dimension:
-        raise InputError(moving_path, f"{moving_dimension}-D image but the fixed image is {fixed_dimension}-D: "
-                                      "both must be 3-D")
-    if fixed_dimension != 3:
-        raise InputError(fixed_path, f"{fixed_dimension}-D images: registration needs 3-D images")
+    for path in (fixed_path, moving_path):
+        dimension = read_image_header(path).GetDimension()
+        if dimension != 3:
+            raise InputError(path, f"{dimension}-D image: registration needs 3-D images")
 
 
 def mask_on_grid(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:

@@ -73,7 +73,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, parameters: Optional[
         report(0.97, "quality checks")
         final_metric = _evaluate_metric(context, current, qa_metric, stages[-1]["histogram_bins"])
         if not np.isfinite(final_metric) or final_metric > initial_metric + 1e-3 * abs(initial_metric) + 1e-9:
-            raise RegistrationFailed(context.subject("moving"),
+            raise RegistrationFailed(context.subject("pair"),
                                      f"registration failed: the final {qa_metric} metric {final_metric:.6g} is worse "
                                      f"than the initial {initial_metric:.6g} (diverged); try another --init, "
                                      "masks, or a simpler preset")

@@ -222,11 +222,11 @@ class _TorchLevel:
             with torch.no_grad():
                 final = float(self.evaluate(moving_index_of()))
         except _AllOutside:
-            raise RegistrationFailed(self.context.subject("moving"),
+            raise RegistrationFailed(self.context.subject("pair"),
                                      f"registration failed at {self.where}: every sample maps outside the moving "
                                      "image (diverged)") from None
         if not torch.isfinite(parameters).all() or not math.isfinite(final):
-            raise RegistrationFailed(self.context.subject("moving"), f"registration failed at {self.where}: the "
+            raise RegistrationFailed(self.context.subject("pair"), f"registration failed at {self.where}: the "
                                                                      "optimization diverged (non-finite parameters)")
         if final > initial:  # L-BFGS made it worse: keep the level's start
             with torch.no_grad():

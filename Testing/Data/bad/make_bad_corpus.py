@@ -86,6 +86,7 @@ CASES = {
     "seg_bad_extent.seg.nrrd": "valid 3-D seg.nrrd voxels, segment extent and label value out of range",
     # DICOM
     "dicom_frames_bomb.dcm": "DICOM declaring 100000 frames of 65535x65535, 512 bytes of PixelData",
+    "dicom_frames_jpeg.dcm": "DICOM 16x16, NumberOfFrames 100000, JPEG transfer syntax, 512 bytes of native PixelData",
     "dicom_nan_position.dcm": "DICOM ImagePositionPatient NaN\\NaN\\NaN",
     "dicom_absurd_geometry.dcm": "DICOM ImagePositionPatient 1e308, PixelSpacing 0\\-1, orientation all zero",
     "dicom_bad_text.dcm": "DICOM with raw 0xff bytes in SeriesDescription/PatientName, Modality ../../x",
@@ -265,6 +266,21 @@ def patch_bytes(data: bytes, placeholder: bytes, replacement: bytes) -> bytes:
     return data.replace(placeholder, replacement + b" " * (len(placeholder) - len(replacement)))
 
 
+def set_transfer_syntax(data: bytes, syntax: str) -> bytes:
+    """Rewrite (0002,0010) of an explicit VR little endian file (the data set stays as it was encoded)."""
+    start = data.index(b"\x02\x00\x10\x00UI", 132)
+    length = struct.unpack_from("<H", data, start + 6)[0]
+    value = syntax.encode("ascii")
+    if len(value) % 2:
+        value += b"\0"
+    element = b"\x02\x00\x10\x00UI" + struct.pack("<H", len(value)) + value
+    out = bytearray(data[:start] + element + data[start + 8 + length:])
+    group = out.index(b"\x02\x00\x00\x00UL\x04\x00", 132)
+    old = struct.unpack_from("<I", out, group + 8)[0]
+    struct.pack_into("<I", out, group + 8, old + len(element) - (8 + length))
+    return bytes(out)
+
+
 def _zip(entries: list) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -431,6 +447,10 @@ def build(out_dir: Path, sentinel: Path) -> dict:
     ds.NumberOfFrames = 100000
     ds.PixelData = bytes(512)
     files["dicom_frames_bomb.dcm"] = dicom_bytes(ds)
+    ds = valid_dicom_dataset()
+    ds.NumberOfFrames = 100000
+    ds.SliceThickness = 0
+    files["dicom_frames_jpeg.dcm"] = set_transfer_syntax(dicom_bytes(ds), "1.2.840.10008.1.2.4.50")
     ds = valid_dicom_dataset()
     ds.ImagePositionPatient = [11111.0, 22222.0, 33333.0]
     files["dicom_nan_position.dcm"] = patch_bytes(dicom_bytes(ds), b"11111.0\\22222.0\\33333.0",
