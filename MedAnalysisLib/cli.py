@@ -103,6 +103,10 @@ def _run(args) -> int:
     except InputError as error:
         print(f"medanalysis {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing left to tell it
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except OSError as error:
         if error.errno not in WRITE_ERRNOS:  # not a file-system refusal: a defect of ours
             return _internal(args, error)

@@ -313,3 +313,18 @@ def check_image_file(path: Path) -> None:
         check_nrrd(path)
     if name.endswith((".nii", ".nii.gz")):
         check_nifti1(path)
+    elif not name.endswith((".nhdr", ".nrrd", ".mhd", ".mha")):
+        check_dicom(path)
+
+
+def check_dicom(path: Path) -> None:
+    """A DICOM file read as an image (GDCM would zero-fill missing pixels or decode any frame count)
+    gets the importer's header checks first: truncated pixel data, impossible frame counts."""
+    from .dicom import FileProblem, read_header
+
+    try:
+        record = read_header(path)
+    except FileProblem as problem:
+        raise InputError(path, problem.reason) from None
+    if record is not None and record.problem:
+        raise InputError(path, record.problem)
