@@ -133,3 +133,19 @@ def test_several_outputs_are_published_together_or_not_at_all(tmp_path, volume, 
     assert cli.main(["enhance", str(volume), "-o", str(output), "--bias-correct",
                      "--bias-field-output", str(field)]) == 0
     assert output.read_bytes() != b"previous output" and field.exists()
+
+
+@pytest.mark.parametrize("command, words", [
+    (["enhance", "{src}", "-o", "{out}", "--spacing", "0.05,0.05,0.05"], ["spacing", "memory budget"]),
+    (["enhance", "{src}", "-o", "{out}", "--spacing", "1e-300,1,1"], ["spacing", "memory budget"]),
+    (["segment", "{src}", "-o", "{out}", "--threads", "-1", "--brain-mask", "off"], ["threads"]),
+    (["register", "{src}", "{src}", "-o", "{out}", "--threads", "-1"], ["--threads"]),
+])
+def test_parameters_that_would_exhaust_the_machine_are_refused_before_work(tmp_path, volume, command, words,
+                                                                           monkeypatch):
+    out = tmp_path / "out.nii.gz"
+    out.write_bytes(b"previous")
+    monkeypatch.setenv("MEDANALYSIS_MAX_MEMORY", str(1 << 30))
+    result = run_cli(*[a.format(src=volume, out=out) for a in command])
+    assert_refused(result, *words)
+    assert out.read_bytes() == b"previous"
