@@ -382,6 +382,18 @@ def loadSegmentation(path: "str | os.PathLike", scene=None, name: Optional[str] 
     return segmentationNode
 
 
+def loadSegmentationOrMask(path: "str | os.PathLike", scene, segmentName: str):
+    """A segmentation node from a ``.seg.nrrd``, or from a mask labelmap whose every non-zero voxel
+    becomes the one segment ``segmentName`` (as the monitor command and batch step take them)."""
+    if str(path).lower().endswith(".seg.nrrd"):
+        return loadSegmentation(path, scene)
+    from .core.imageio import read_image
+
+    mask = sitk.Cast(read_image(path) > 0, sitk.sitkUInt8)
+    return segmentationNodeFromLabelmap(mask, scene, name=Path(path).name.split(".")[0],
+                                        segments=[SegmentSpec(1, segmentName, (0.9, 0.2, 0.15))])
+
+
 # --- transforms -------------------------------------------------------------------------------
 
 def transformNodeFromSitk(transform: sitk.Transform, scene=None, name: str = "Transform", node=None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from ..cli import EXIT_OK, StderrProgress, emit
 
@@ -28,21 +27,6 @@ def register(add) -> None:
                         help="auto: extract the brain before segmenting each time point, lesions only inside it")
 
 
-def loadSegmentationArgument(path, scene, segmentName):
-    from .. import mrml
-    from ..core.labels import SegmentSpec
-
-    if str(path).lower().endswith(".seg.nrrd"):
-        return mrml.loadSegmentation(path, scene)
-    import SimpleITK as sitk
-
-    from ..core.imageio import read_image
-
-    mask = sitk.Cast(read_image(path) > 0, sitk.sitkUInt8)
-    return mrml.segmentationNodeFromLabelmap(mask, scene, name=Path(path).name.split(".")[0],
-                                             segments=[SegmentSpec(1, segmentName, (0.9, 0.2, 0.15))])
-
-
 def run(args) -> int:
     from .. import mrml
     from ..core.imageio import check_output_paths
@@ -59,8 +43,10 @@ def run(args) -> int:
     scene = mrml.newScene()
     baseline = mrml.loadVolumeNode(args.baseline, scene, name="baseline")
     followup = mrml.loadVolumeNode(args.followup, scene, name="followup")
-    baselineSeg = loadSegmentationArgument(args.baseline_seg, scene, args.lesion_segment) if args.baseline_seg else None
-    followupSeg = loadSegmentationArgument(args.followup_seg, scene, args.lesion_segment) if args.followup_seg else None
+    baselineSeg = (mrml.loadSegmentationOrMask(args.baseline_seg, scene, args.lesion_segment)
+                   if args.baseline_seg else None)
+    followupSeg = (mrml.loadSegmentationOrMask(args.followup_seg, scene, args.lesion_segment)
+                   if args.followup_seg else None)
     outputs = MonitoringLogic(scene).monitor(baseline, followup, parameters, baselineSeg, followupSeg,
                                              reportDir=args.output, progress=StderrProgress(args.json))
     result = {**outputs.result, "report": str(outputs.reportPath),
