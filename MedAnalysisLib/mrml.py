@@ -387,11 +387,19 @@ def loadSegmentationOrMask(path: "str | os.PathLike", scene, segmentName: str):
     becomes the one segment ``segmentName`` (as the monitor command and batch step take them)."""
     if str(path).lower().endswith(".seg.nrrd"):
         return loadSegmentation(path, scene)
-    from .core.imageio import read_image
+    from .core.imageio import check_3d, check_finite, read_image
 
-    mask = sitk.Cast(read_image(path) > 0, sitk.sitkUInt8)
-    return segmentationNodeFromLabelmap(mask, scene, name=Path(path).name.split(".")[0],
+    image = read_image(path)
+    check_3d(image, path, "a lesion mask")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(path, f"{image.GetNumberOfComponentsPerPixel()}-component image: a mask needs one value "
+                               "per voxel")
+    check_finite(image, path)
+    mask = sitk.Cast(image != 0, sitk.sitkUInt8)
+    node = segmentationNodeFromLabelmap(mask, scene, name=Path(path).name.split(".")[0],
                                         segments=[SegmentSpec(1, segmentName, (0.9, 0.2, 0.15))])
+    node.SetAttribute(SOURCE_ATTRIBUTE, Path(path).name)
+    return node
 
 
 # --- transforms -------------------------------------------------------------------------------
