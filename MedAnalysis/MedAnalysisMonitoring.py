@@ -5,6 +5,7 @@ MonitoringLogic.monitor once; clicking a row of the change table centres the vie
 lesion. Research software, not for clinical use.
 """
 
+import dataclasses
 import os
 
 import qt
@@ -40,14 +41,28 @@ class MedAnalysisMonitoringWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
         self.ui.changeTableWidget.connect("cellClicked(int,int)", self.onRowClicked)
+        self.restoreParameters()
+
+    def restoreParameters(self):
+        """The widgets show the stored parameters, else the declared defaults (no default lives in the .ui)."""
+        from MedAnalysisLib.logic.monitoringlogic import MonitoringParameters
+
+        if self.logic is None:
+            self.logic = MedAnalysisMonitoringLogic()
+        parameters = gui.loadParameters(self.logic.getParameterNode(), MonitoringParameters)
+        self.ui.lesionSegmentLineEdit.text = parameters.lesionSegmentName
+        self.ui.minLesionSpinBox.value = parameters.min_lesion_ml
+        self.ui.relativeChangeSpinBox.value = parameters.relative_change * 100.0
+        self.ui.absoluteChangeSpinBox.value = parameters.absolute_change_ml
 
     def readParameters(self):
         from MedAnalysisLib.logic.monitoringlogic import MonitoringParameters
 
-        return MonitoringParameters(lesionSegmentName=self.ui.lesionSegmentLineEdit.text.strip() or "Lesion",
-                                    minLesionMl=self.ui.minLesionSpinBox.value,
-                                    relativeChange=self.ui.relativeChangeSpinBox.value / 100.0,
-                                    absoluteChangeMl=self.ui.absoluteChangeSpinBox.value)
+        stored = gui.loadParameters(self.logic.getParameterNode() if self.logic else None, MonitoringParameters)
+        return dataclasses.replace(stored, lesionSegmentName=self.ui.lesionSegmentLineEdit.text.strip() or "Lesion",
+                                   min_lesion_ml=self.ui.minLesionSpinBox.value,
+                                   relative_change=self.ui.relativeChangeSpinBox.value / 100.0,
+                                   absolute_change_ml=self.ui.absoluteChangeSpinBox.value).validate()
 
     def onApplyButton(self):
         if self.logic is None:

@@ -10,7 +10,10 @@ import re
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..core.enhance import EnhancementParameters
 from ..core.errors import InputError
+from ..core.longitudinal import MonitoringParameters
+from ..core.parameters import batch_columns, from_row
 from ..core.progress import atomic_output
 from .fingerprint import modelSha256
 from .manifest import CaseSpec, parseFlag
@@ -95,22 +98,7 @@ def importStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dict
 
 def enhancementParameters(params: dict):
     """EnhancementParameters from manifest cells (preset first, explicit cells override it)."""
-    from ..core.enhance import EnhancementParameters
-
-    preset = params.get("preset", "")
-    spacing = None
-    if params.get("spacing"):
-        try:
-            values = [float(v) for v in re.split(r"[,x;\s]+", params["spacing"].strip()) if v]
-        except ValueError:
-            raise InputError("spacing", f"expected mm values like '1.5' or '1 1 3', got '{params['spacing']}'") from None
-        spacing = values * 3 if len(values) == 1 else values
-    fields = {"preset": None if preset.lower() in ("", "none") else preset,
-              "denoise": params.get("denoise") or None, "normalize": params.get("normalize") or None,
-              "bias_correct": parseFlag(params.get("bias_correct"), "bias_correct"),
-              "bias_method": params.get("bias_method") or "tissue", "spacing_mm": spacing,
-              "crop_to_foreground": parseFlag(params.get("crop"), "crop")}
-    parameters = EnhancementParameters(**fields)
+    parameters = from_row(EnhancementParameters, params)
     parameters.with_preset().validate()
     return parameters
 
@@ -240,12 +228,11 @@ def monitorStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dic
     """``medanalysis monitor``: lesion change baseline -> follow-up, report folder ``report/``."""
     from .. import mrml
     from ..core.register import read_transform
-    from ..logic.monitoringlogic import MonitoringLogic, MonitoringParameters
+    from ..logic.monitoringlogic import MonitoringLogic
 
     if "followup" not in inputs:
         raise InputError(case.input, "the monitor step needs a 'followup' column")
-    parameters = MonitoringParameters(model=params.get("model") or "brain-tissue-lesion",
-                                      registrationPreset=params.get("registration_preset") or "rigid")
+    parameters = from_row(MonitoringParameters, params).validate()
     scene = mrml.newScene()
     try:
         baseline = mrml.loadVolumeNode(inputs["image"], scene, name="baseline")
@@ -266,13 +253,12 @@ def monitorStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dic
 
 STEPS: dict[str, BatchStep] = {
     "import": BatchStep(importStep, columns=("series", "followup_series", "anonymize")),
-    "enhance": BatchStep(enhanceStep, columns=("preset", "denoise", "bias_correct", "bias_method", "normalize",
-                                               "spacing", "crop"), defaults={"preset": "mri-brain-t1"}),
+    "enhance": BatchStep(enhanceStep, columns=batch_columns(EnhancementParameters), defaults={"preset": "mri-brain-t1"}),
     "segment": BatchStep(segmentStep, columns=("model", "device", "tta", "trusted"),
                          defaults={"model": "brain-tissue-lesion"}, usesGpu=True, hashedColumns={"model": modelSha256}),
     "brain-mask": BatchStep(brainMaskStep, columns=("device",), usesGpu=True),
     "register": BatchStep(registerStep, columns=("registration_preset",), defaults={"registration_preset": "rigid"}),
-    "monitor": BatchStep(monitorStep, columns=("model", "registration_preset"),
+    "monitor": BatchStep(monitorStep, columns=batch_columns(MonitoringParameters),
                          defaults={"model": "brain-tissue-lesion", "registration_preset": "rigid"}, usesGpu=True,
                          hashedColumns={"model": modelSha256}),
 }

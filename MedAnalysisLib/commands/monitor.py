@@ -16,36 +16,29 @@ def register(add) -> None:
     parser.add_argument("--baseline-seg", metavar="S", help=".seg.nrrd (segment 'Lesion') or a lesion mask "
                                                             "labelmap (every non-zero voxel is lesion)")
     parser.add_argument("--followup-seg", metavar="S")
-    parser.add_argument("--lesion-segment", default="Lesion", help="segment name to use as lesions")
-    parser.add_argument("--min-lesion-ml", type=float, default=0.01)
-    parser.add_argument("--relative-change", type=float, default=0.25, help="fraction of baseline volume")
-    parser.add_argument("--absolute-change-ml", type=float, default=0.05)
-    parser.add_argument("--registration", default="rigid", help="registration preset (follow-up to baseline)")
-    parser.add_argument("--model", default="brain-tissue-lesion")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--brain-mask", choices=("auto", "off"), default="auto",
-                        help="auto: extract the brain before segmenting each time point, lesions only inside it")
+    from ..core.parameters import add_arguments
+    from ..logic.monitoringlogic import MonitoringParameters
+
+    add_arguments(parser, MonitoringParameters)  # thresholds and workflow settings, from their one declaration
 
 
 def run(args) -> int:
     from .. import mrml
     from ..core.imageio import check_output_paths
+    from ..core.parameters import from_namespace
     from ..logic.monitoringlogic import MonitoringLogic, MonitoringParameters
 
     started = time.perf_counter()
-    parameters = MonitoringParameters(lesionSegmentName=args.lesion_segment, minLesionMl=args.min_lesion_ml,
-                                      relativeChange=args.relative_change, absoluteChangeMl=args.absolute_change_ml,
-                                      registrationPreset=args.registration, model=args.model, device=args.device,
-                                      brainMask=args.brain_mask)
+    parameters = from_namespace(MonitoringParameters, args)
     parameters.validate()
     check_output_paths([args.baseline, args.followup, args.baseline_seg, args.followup_seg], [],
                        folder_outputs=[args.output])
     scene = mrml.newScene()
     baseline = mrml.loadVolumeNode(args.baseline, scene, name="baseline")
     followup = mrml.loadVolumeNode(args.followup, scene, name="followup")
-    baselineSeg = (mrml.loadSegmentationOrMask(args.baseline_seg, scene, args.lesion_segment)
+    baselineSeg = (mrml.loadSegmentationOrMask(args.baseline_seg, scene, parameters.lesionSegmentName)
                    if args.baseline_seg else None)
-    followupSeg = (mrml.loadSegmentationOrMask(args.followup_seg, scene, args.lesion_segment)
+    followupSeg = (mrml.loadSegmentationOrMask(args.followup_seg, scene, parameters.lesionSegmentName)
                    if args.followup_seg else None)
     outputs = MonitoringLogic(scene).monitor(baseline, followup, parameters, baselineSeg, followupSeg,
                                              reportDir=args.output, progress=StderrProgress(args.json))

@@ -27,15 +27,16 @@ _META = "medanalysis"
 
 def option(default: Any, help: str, *, unit: str = "", choices: Optional[Sequence[str]] = None,
            parse: Optional[Callable[[str], Any]] = None, flag: Optional[str] = None, cli: bool = True,
-           batch: bool = True, metavar: Optional[str] = None) -> Any:
+           batch: bool = True, metavar: Optional[str] = None, column: Optional[str] = None) -> Any:
     """A dataclass field carrying its own description.
 
     ``flag``: the command-line name (default ``--`` + the field name with dashes); ``parse``:
     text -> value for the command line and manifest cells (default: from the default's type);
-    ``cli``/``batch``: offered on the command line / as a manifest column.
+    ``cli``/``batch``: offered on the command line / as a manifest column (``column``: its name,
+    default the flag's with underscores).
     """
     meta = {"help": help, "unit": unit, "choices": tuple(choices) if choices else None, "parse": parse,
-            "flag": flag, "cli": cli, "batch": batch, "metavar": metavar}
+            "flag": flag, "cli": cli, "batch": batch, "metavar": metavar, "column": column}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={_META: meta})
     return dataclasses.field(default=default, metadata={_META: meta})
@@ -55,7 +56,7 @@ def flag_of(field: dataclasses.Field) -> str:
 
 
 def column_of(field: dataclasses.Field) -> str:
-    return flag_of(field).lstrip("-").replace("-", "_")
+    return _meta(field)["column"] or flag_of(field).lstrip("-").replace("-", "_")
 
 
 def describe(cls, name: str) -> str:
@@ -73,6 +74,22 @@ def defaults(cls) -> dict:
 
 
 # --- text -> value ----------------------------------------------------------------------------
+
+def non_negative(text: str) -> float:
+    """A finite number >= 0."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be a finite number >= 0, got '{text}'")
+    return value
+
+
+def positive(text: str) -> float:
+    """A finite number > 0."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a finite number > 0, got '{text}'")
+    return value
+
 
 def parse_bool(text: str) -> bool:
     value = str(text).strip().lower()

@@ -13,47 +13,15 @@ import SimpleITK as sitk
 from .. import mrml
 from ..core import geometry
 from ..core.errors import InputError
-from ..core.longitudinal import MonitoringThresholds, match_lesions
+from ..core.longitudinal import MonitoringParameters, match_lesions  # noqa: F401 - declared in core, re-exported
 from ..core.progress import CancelToken, ProgressCallback
 from ..core.quantify import TISSUE_NAMES, measure_lesions
 from ..core.register import RegistrationParameters, register_images
 from ..core.report import write_report
 from .base import LogicBase
-from .segmentationlogic import BRAIN_MASK_CHOICES, SegmentationLogic, SegmentationParameters
+from .segmentationlogic import SegmentationLogic, SegmentationParameters
 
 PATIENT_KEY_ATTRIBUTE = "MedAnalysis.PatientKey"
-
-
-@dataclasses.dataclass
-class MonitoringParameters:
-    """Detection, matching and classification settings (shared by panel, logic, CLI and batch)."""
-
-    lesionSegmentName: str = "Lesion"
-    minLesionMl: float = 0.01
-    relativeChange: float = 0.25
-    absoluteChangeMl: float = 0.05
-    matchDistanceMm: float = 5.0
-    registrationPreset: str = "rigid"
-    model: str = "brain-tissue-lesion"
-    device: str = "auto"
-    brainMask: str = "auto"          # auto: brain extraction before segmenting each time point (brain models); off
-
-    def validate(self) -> "MonitoringParameters":
-        """Refuse thresholds that are negative, not numbers or meaningless before any work."""
-        import math
-
-        for name in ("minLesionMl", "relativeChange", "absoluteChangeMl", "matchDistanceMm"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise InputError(name, f"must be a finite number >= 0, got {value}")
-        if self.matchDistanceMm == 0:
-            raise InputError("matchDistanceMm", "must be greater than 0")
-        if self.brainMask not in BRAIN_MASK_CHOICES:
-            raise InputError("brainMask", f"unknown choice '{self.brainMask}' (use {' or '.join(BRAIN_MASK_CHOICES)})")
-        return self
-
-    def thresholds(self) -> MonitoringThresholds:
-        return MonitoringThresholds(self.relativeChange, self.absoluteChangeMl, self.matchDistanceMm, self.minLesionMl)
 
 
 @dataclasses.dataclass
@@ -114,7 +82,7 @@ class MonitoringLogic(LogicBase):
         image = mrml.imageFromVolumeNode(volumeNode)
         mask = self.lesionMaskImage(segmentationNode, image, parameters.lesionSegmentName)
         lesions, components = measure_lesions(mask, image, self.tissueImage(segmentationNode, image),
-                                              parameters.minLesionMl)
+                                              parameters.min_lesion_ml)
         rows = [{k: v for k, v in l.to_dict().items() if k not in ("bbox_ras_min", "bbox_ras_max", "centroid_ras",
                                                                     "label")}
                 | {"centroid_r": l.centroid_ras[0], "centroid_a": l.centroid_ras[1], "centroid_s": l.centroid_ras[2]}
@@ -185,7 +153,7 @@ class MonitoringLogic(LogicBase):
         for lesion in followupDetection.lesions:
             lesion.id = "F" + lesion.id[1:]
         result = match_lesions(baselineDetection.lesions, baselineDetection.componentImage, followupDetection.lesions,
-                               followupDetection.componentImage, transform, parameters.thresholds())
+                               followupDetection.componentImage, transform, parameters)
         result["registration"] = registrationSummary
         seconds["detect_match"] = round(time.perf_counter() - started, 3)
         report.cancel.raise_if_cancelled()

@@ -11,6 +11,7 @@ from .. import mrml, resources
 from ..core import brain, geometry
 from ..core.errors import InputError
 from ..core.labels import BRAIN_TISSUE_SEGMENTS, SegmentSpec
+from ..core.longitudinal import BRAIN_MASK_CHOICES
 from ..core.progress import CancelToken, ProgressCallback
 from ..core.segment.engine import InferenceSettings, is_brain_model, segment_image
 from ..core.segment.models import LoadedModel, load_model
@@ -18,7 +19,6 @@ from .base import LogicBase
 from .brainlogic import BrainExtractionLogic
 
 DEFAULT_MODEL = "brain-tissue-lesion"
-BRAIN_MASK_CHOICES = ("off", "auto")
 
 
 @dataclasses.dataclass

@@ -65,3 +65,22 @@ def test_enhancement_parameters_come_from_their_declaration():
     assert parameters.denoise == "gaussian" and parameters.crop_to_foreground
     with pytest.raises(InputError, match="denoise"):
         EnhancementParameters(denoise="blur").validate()
+
+
+def test_monitoring_thresholds_are_declared_once():
+    from MedAnalysisLib.batch import STEPS
+    from MedAnalysisLib.cli import buildParser
+    from MedAnalysisLib.core.longitudinal import MonitoringParameters, MonitoringThresholds
+    from MedAnalysisLib.logic import monitoringlogic
+
+    assert monitoringlogic.MonitoringParameters is MonitoringParameters  # no twin in the logic layer
+    assert issubclass(MonitoringParameters, MonitoringThresholds)
+    assert set(P.batch_columns(MonitoringParameters)) == set(STEPS["monitor"].columns)
+    assert set(P.batch_columns(EnhancementParameters)) == set(STEPS["enhance"].columns)
+    monitor = buildParser()._subparsers._group_actions[0].choices["monitor"]
+    args = monitor.parse_args(["b.nii", "f.nii", "-o", "r", "--min-lesion-ml", "0.2", "--registration", "affine"])
+    parameters = P.from_namespace(MonitoringParameters, args)
+    assert parameters.min_lesion_ml == 0.2 and parameters.registrationPreset == "affine"
+    assert parameters.relative_change == MonitoringParameters().relative_change == 0.25
+    with pytest.raises(InputError, match="relative_change"):
+        P.from_row(MonitoringParameters, {"relative_change": "nan"})
