@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Optional, TypeVar
+from typing import Any, Iterator, Optional, TypeVar
 
 from .. import mrml
 from ..core.errors import InputError
@@ -25,6 +26,20 @@ class LogicBase:
 
     def __init__(self, scene=None):
         self.scene = mrml.defaultScene(scene)
+
+    @contextlib.contextmanager
+    def sceneTransaction(self) -> Iterator[None]:
+        """Nodes added inside are removed again if the block fails or is cancelled: the scene is
+        left as it was (the convention every logic class promises)."""
+        before = {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
+        try:
+            yield
+        except BaseException:
+            added = [self.scene.GetNthNode(i) for i in range(self.scene.GetNumberOfNodes())]
+            for node in added:
+                if node is not None and node.GetID() not in before and self.scene.IsNodePresent(node):
+                    self.scene.RemoveNode(node)
+            raise
 
     @staticmethod
     def reporter(progress: Optional[ProgressCallback], cancel: Optional[CancelToken]) -> ProgressReporter:

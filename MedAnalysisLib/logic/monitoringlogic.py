@@ -103,7 +103,13 @@ class MonitoringLogic(LogicBase):
         parameters = (parameters or MonitoringParameters()).validate()
         if baselineVolumeNode is None or followupVolumeNode is None:
             raise InputError("input", "select both a baseline and a follow-up volume")
-        report = self.reporter(progress, cancel)
+        with self.sceneTransaction():  # cancelled or failed: no segmentation, table or markups left behind
+            return self._monitor(baselineVolumeNode, followupVolumeNode, parameters, baselineSegmentationNode,
+                                 followupSegmentationNode, reportDir, registrationTransform,
+                                 self.reporter(progress, cancel))
+
+    def _monitor(self, baselineVolumeNode, followupVolumeNode, parameters, baselineSegmentationNode,
+                 followupSegmentationNode, reportDir, registrationTransform, report) -> MonitoringOutputs:
         warnings = []
         keys = [node.GetAttribute(PATIENT_KEY_ATTRIBUTE) for node in (baselineVolumeNode, followupVolumeNode)]
         if all(keys) and keys[0] != keys[1]:
@@ -124,8 +130,8 @@ class MonitoringLogic(LogicBase):
             registration = register_images(baseline, followup,
                                            RegistrationParameters(preset=parameters.registrationPreset),
                                            report=report.sub(0.0, 0.3),
-                                           subjects={"fixed": baselineVolumeNode.GetName(),
-                                                     "moving": followupVolumeNode.GetName()})
+                                           subjects={"fixed": mrml.subjectOf(baselineVolumeNode),
+                                                     "moving": mrml.subjectOf(followupVolumeNode)})
             transform, registrationSummary = registration.transform, registration.summary()
         else:  # a transform from an earlier registration step (baseline -> follow-up points, ITK)
             transform, registrationSummary = registrationTransform, {"given": True}

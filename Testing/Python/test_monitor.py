@@ -206,3 +206,25 @@ def test_unknown_brain_mask_choice_is_refused(small_pair_files, tmp_path):
     result = run_cli("monitor", folder / "baseline.nii.gz", folder / "followup.nii.gz", "-o", tmp_path / "r",
                      "--brain-mask", "maybe")
     assert result.returncode == 2 and "--brain-mask" in result.stderr and not (tmp_path / "r").exists()
+
+
+def test_cancelled_monitoring_leaves_the_scene_as_it_was(scene, small_pair_files):
+    from MedAnalysisLib.core.errors import OperationCancelled
+    from MedAnalysisLib.core.progress import CancelToken
+
+    baseline = mrml.loadVolumeNode(small_pair_files / "baseline.nii.gz", scene)
+    followup = mrml.loadVolumeNode(small_pair_files / "followup.nii.gz", scene)
+    before = scene.GetNumberOfNodes()
+    token, messages = CancelToken(), []
+
+    def progress(fraction, message):
+        messages.append(message)
+        if message.startswith("segmenting follow-up"):  # the baseline's segmentation node exists by now
+            token.cancel()
+
+    with pytest.raises(OperationCancelled):
+        MonitoringLogic(scene).monitor(baseline, followup, MonitoringParameters(brainMask="off"),
+                                       progress=progress, cancel=token)
+    assert any(m.startswith("segmenting baseline") for m in messages)
+    assert scene.GetNumberOfNodes() == before
+    assert not scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems()
