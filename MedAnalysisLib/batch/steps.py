@@ -80,6 +80,23 @@ def _images(inputs: dict) -> list[tuple[str, str]]:
     return [(artifact, prefix) for artifact, prefix in (("image", ""), ("followup", "followup_")) if artifact in inputs]
 
 
+def _eachImage(inputs: dict, logicClass):
+    """(file prefix, logic, input volume node) for the baseline and the follow-up, each in a fresh
+    scene cleared afterwards; one logic object serves both, so a loaded network is loaded once."""
+    from .. import mrml
+
+    logic = None
+    for artifact, prefix in _images(inputs):
+        scene = mrml.newScene()
+        try:
+            if logic is None:
+                logic = logicClass(scene)
+            logic.scene = scene
+            yield prefix, logic, mrml.loadVolumeNode(inputs[artifact], scene, name=artifact)
+        finally:
+            scene.Clear(1)
+
+
 def importStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dict:
     """``medanalysis import``: DICOM folder / ZIP / DICOMDIR or image file -> ``image.nii.gz``."""
     from ..core.dicom_import import ImportParameters, import_to_files
@@ -141,33 +158,24 @@ def segmentStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dic
     if parameters.device not in ("auto", "cpu", "cuda"):
         raise InputError("device", f"expected auto, cpu or cuda, got '{parameters.device}'")
     outputs, metrics = {}, {}
-    logic = None
-    for artifact, prefix in _images(inputs):
-        scene = mrml.newScene()
-        try:
-            if logic is None:
-                logic = SegmentationLogic(scene)
-            logic.scene = scene  # keeps the loaded model for the follow-up
-            inputNode = mrml.loadVolumeNode(inputs[artifact], scene, name=artifact)
-            maskFile = inputs.get(f"{prefix}brain_mask")  # from the brain-mask step, when it ran
-            maskNode = mrml.loadVolumeNode(maskFile, scene, name="brain", labelmap=True) if maskFile else None
-            result = logic.segment(inputNode, parameters, brainMaskNode=maskNode)
-            path = outDir / f"{prefix}segmentation.seg.nrrd"
-            mrml.saveSegmentation(result.segmentationNode, path)
-            record = mrml.getProvenance(result.segmentationNode)
-            with atomic_output(sidecar_path(path)) as tmp:
-                tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-            labels = mrml.labelmapFromSegmentationNode(result.segmentationNode,
-                                                       referenceImage=mrml.imageFromVolumeNode(inputNode))
-            counts = np.bincount(geometry.array_view(labels).ravel().astype(np.int64))
-            voxelMl = float(np.prod(labels.GetSpacing())) / 1000.0
-            for spec in mrml.segmentSpecs(result.segmentationNode):
-                key = re.sub(r"[^a-z0-9]+", "_", spec.name.lower()).strip("_")
-                count = int(counts[spec.label]) if spec.label < counts.size else 0
-                metrics[f"{prefix}{key}_ml"] = round(count * voxelMl, 3)
-            metrics["segment_device"] = result.device
-        finally:
-            scene.Clear(1)
+    for prefix, logic, inputNode in _eachImage(inputs, SegmentationLogic):
+        maskFile = inputs.get(f"{prefix}brain_mask")  # from the brain-mask step, when it ran
+        maskNode = mrml.loadVolumeNode(maskFile, logic.scene, name="brain", labelmap=True) if maskFile else None
+        result = logic.segment(inputNode, parameters, brainMaskNode=maskNode)
+        path = outDir / f"{prefix}segmentation.seg.nrrd"
+        mrml.saveSegmentation(result.segmentationNode, path)
+        record = mrml.getProvenance(result.segmentationNode)
+        with atomic_output(sidecar_path(path)) as tmp:
+            tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+        labels = mrml.labelmapFromSegmentationNode(result.segmentationNode,
+                                                   referenceImage=mrml.imageFromVolumeNode(inputNode))
+        counts = np.bincount(geometry.array_view(labels).ravel().astype(np.int64))
+        voxelMl = float(np.prod(labels.GetSpacing())) / 1000.0
+        for spec in mrml.segmentSpecs(result.segmentationNode):
+            key = re.sub(r"[^a-z0-9]+", "_", spec.name.lower()).strip("_")
+            count = int(counts[spec.label]) if spec.label < counts.size else 0
+            metrics[f"{prefix}{key}_ml"] = round(count * voxelMl, 3)
+        metrics["segment_device"] = result.device
         outputs[f"{prefix}segmentation"] = str(path)
     return {"outputs": outputs, "metrics": metrics}
 
@@ -181,20 +189,11 @@ def brainMaskStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> d
 
     parameters = BrainExtractionParameters(device=params.get("device") or "auto").validate()
     outputs, metrics = {}, {}
-    logic = None
-    for artifact, prefix in _images(inputs):
-        scene = mrml.newScene()
-        try:
-            if logic is None:
-                logic = BrainExtractionLogic(scene)
-            logic.scene = scene  # keeps the loaded network for the follow-up
-            inputNode = mrml.loadVolumeNode(inputs[artifact], scene, name=artifact)
-            result = logic.extractBrain(inputNode, parameters)
-            mask = BrainExtractionLogic.maskImage(result.segmentationNode, mrml.imageFromVolumeNode(inputNode))
-            path = write_image(mask, outDir / f"{prefix}brain_mask.nii.gz",
-                               provenance=mrml.getProvenance(result.segmentationNode))
-        finally:
-            scene.Clear(1)
+    for prefix, logic, inputNode in _eachImage(inputs, BrainExtractionLogic):
+        result = logic.extractBrain(inputNode, parameters)
+        mask = BrainExtractionLogic.maskImage(result.segmentationNode, mrml.imageFromVolumeNode(inputNode))
+        path = write_image(mask, outDir / f"{prefix}brain_mask.nii.gz",
+                           provenance=mrml.getProvenance(result.segmentationNode))
         outputs[f"{prefix}brain_mask"] = str(path)
         metrics[f"{prefix}brain_volume_ml"] = round(result.volumeMl, 2)
     return {"outputs": outputs, "metrics": metrics}
