@@ -316,7 +316,10 @@ def _openClient(options: BatchOptions, log: Callable[[str], None], scratch: Opti
     import dask
 
     spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **MALLOC_ENVIRONMENT}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn}):
+    settings = {"distributed.nanny.pre-spawn-environ": spawn}
+    if scratch is not None:  # the scheduler's scratch and lock files too, not only the workers'
+        settings["temporary-directory"] = str(scratch)
+    with dask.config.set(settings):
         cluster = LocalCluster(n_workers=int(workers), threads_per_worker=threads, processes=True,
                                memory_limit=_memoryLimit(options.memoryLimit),
                                local_directory=str(scratch) if scratch is not None else None,

@@ -143,7 +143,7 @@ def test_failed_and_cancelled_runs_leave_the_scene_unchanged(scene):
     ascent = RegistrationParameters(overrides={"rigid": {
         "optimizer": {"name": "gradient_descent", "learning_rate": -10.0, "estimate_learning_rate": "never"},
         "iterations": [5, 5, 5]}}, threads=1)
-    with pytest.raises(reg.RegistrationFailed, match="^moving: registration failed"):
+    with pytest.raises(reg.RegistrationFailed, match="^fixed -> moving: registration failed"):
         logic.register(fixedNode, movingNode, ascent)
     assert node_count(scene) == before
     cancel = CancelToken()
