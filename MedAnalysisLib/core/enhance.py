@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from . import geometry, imageguard
 from .enhance_presets import PRESETS
 from .errors import InputError
-from .parameters import option, parse_spacing
+from .parameters import option, parse_spacing, positive
 from .progress import ProgressReporter
 
 MIN_VOXELS_PER_AXIS = 4  # the recursive Gaussian and the bias-field fit need this many along each axis
@@ -54,7 +54,7 @@ class EnhancementParameters:
     bias_tissue_classes: int = 3
     # denoising
     denoise: Optional[str] = option(None, "denoising method", choices=DENOISE_METHODS)
-    gaussian_sigma_mm: float = 0.8
+    gaussian_sigma_mm: float = option(0.8, "Gaussian denoising sigma", unit="mm", parse=positive)
     median_radius_mm: float = 1.0
     diffusion_iterations: int = 5
     diffusion_conductance: float = 1.0
