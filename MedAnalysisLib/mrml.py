@@ -382,6 +382,23 @@ def loadSegmentation(path: "str | os.PathLike", scene=None, name: Optional[str] 
     return segmentationNode
 
 
+def segmentationOnVolumeGrid(segmentationNode, volumeNode) -> bool:
+    """True when the segmentation's reference geometry has the volume's axes and spacing and its
+    voxel centres fall on the volume's (True as well when the segmentation records no geometry)."""
+    text = segmentationNode.GetSegmentation().GetConversionParameter("Reference image geometry") or ""
+    values = [v for v in text.split(";") if v.strip()]
+    if len(values) < 16:
+        return True
+    segmentationIjkToRas = np.array([float(v) for v in values[:16]]).reshape(4, 4)
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    volumeIjkToRas = arrayFromVtkMatrix(matrix)
+    if not np.allclose(segmentationIjkToRas[:3, :3], volumeIjkToRas[:3, :3], atol=1e-3):
+        return False
+    offset = np.linalg.solve(volumeIjkToRas[:3, :3], segmentationIjkToRas[:3, 3] - volumeIjkToRas[:3, 3])
+    return bool(np.allclose(offset, np.round(offset), atol=1e-2))
+
+
 def loadSegmentationOrMask(path: "str | os.PathLike", scene, segmentName: str):
     """A segmentation node from a ``.seg.nrrd``, or from a mask labelmap whose every non-zero voxel
     becomes the one segment ``segmentName`` (as the monitor command and batch step take them)."""

@@ -115,6 +115,15 @@ class MonitoringLogic(LogicBase):
         if all(keys) and keys[0] != keys[1]:
             warnings.append("baseline and follow-up carry different pseudonymous patient keys: "
                             "check that they belong to the same patient")
+        elif any(keys) and not all(keys):
+            missing = "baseline" if not keys[0] else "follow-up"
+            warnings.append(f"the {missing} carries no patient key (not imported from DICOM here) while the other "
+                            "does: check that both scans belong to the same patient")
+        for label, volumeNode, segmentationNode in (("baseline", baselineVolumeNode, baselineSegmentationNode),
+                                                    ("follow-up", followupVolumeNode, followupSegmentationNode)):
+            if segmentationNode is not None and not mrml.segmentationOnVolumeGrid(segmentationNode, volumeNode):
+                warnings.append(f"the {label} segmentation ({mrml.subjectOf(segmentationNode)}) is on another grid "
+                                f"than the {label} image: it was resampled onto the image (nearest neighbour)")
         seconds = {}
         baseline = mrml.imageFromVolumeNode(baselineVolumeNode)
         followup = mrml.imageFromVolumeNode(followupVolumeNode)

@@ -228,3 +228,20 @@ def test_cancelled_monitoring_leaves_the_scene_as_it_was(scene, small_pair_files
     assert any(m.startswith("segmenting baseline") for m in messages)
     assert scene.GetNumberOfNodes() == before
     assert not scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems()
+
+
+def test_segmentation_on_another_grid_and_missing_patient_key_warn(scene, small_pair_files, tmp_path):
+    folder = small_pair_files
+    empty = sitk.ReadImage(str(folder / "empty.nii.gz"))
+    coarse = sitk.Resample(empty, [s // 2 for s in empty.GetSize()], sitk.Transform(), sitk.sitkNearestNeighbor,
+                           empty.GetOrigin(), [2 * v for v in empty.GetSpacing()], empty.GetDirection())
+    sitk.WriteImage(coarse, str(tmp_path / "coarse.nii.gz"))
+    baseline = mrml.loadVolumeNode(folder / "baseline.nii.gz", scene)
+    followup = mrml.loadVolumeNode(folder / "followup.nii.gz", scene)
+    baseline.SetAttribute("MedAnalysis.PatientKey", "P-1")
+    same = mrml.loadSegmentationOrMask(folder / "empty.nii.gz", scene, "Lesion")
+    other = mrml.loadSegmentationOrMask(tmp_path / "coarse.nii.gz", scene, "Lesion")
+    warnings = MonitoringLogic(scene).monitor(baseline, followup, MonitoringParameters(), same, other).warnings
+    assert any("follow-up segmentation (coarse.nii.gz) is on another grid" in w for w in warnings), warnings
+    assert not any("baseline segmentation" in w for w in warnings), warnings
+    assert any("follow-up carries no patient key" in w for w in warnings), warnings
