@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from typing import Callable, Optional, Sequence
 
 from . import __version__, RESEARCH_USE_NOTICE
@@ -89,6 +90,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with contextlib.ExitStack() as stack:
         if args.command not in ("batch",):  # batch workers keep the terminal for their own logs
             stack.enter_context(quietNativeStderr())
+        if not os.environ.get("MEDANALYSIS_DEBUG"):  # library warnings about odd headers: the one line says it
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
         return _run(args)
 
 

@@ -402,7 +402,7 @@ class ImportSession:
                     self.deidentifier.deidentify(dataset)
                     pydicom.dcmwrite(staging / f"IM{number + 1:05d}.dcm", dataset, enforce_file_format=True)
                 except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError,
-                        UnicodeError, EOFError, struct.error) as error:  # a header pydicom cannot carry over
+                        UnicodeError, EOFError, NotImplementedError, struct.error) as error:  # a header pydicom cannot carry over
                     reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
                     raise InputError(self.relative(record.path), f"cannot be de-identified and written ({reason})") \
                         from None

@@ -8,6 +8,7 @@ single-frame file, one per frame of an enhanced multi-frame object (per-frame fu
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import warnings
@@ -355,6 +356,30 @@ def _file_record(path: Path, size: int, dataset, syntax: str, pixel_offset: Opti
     return record
 
 
+def _usable_orientation(orientation: Optional[tuple]) -> Optional[tuple]:
+    """ImageOrientationPatient when it describes two near-unit, non-parallel axes; else None (a
+    header that lies about orientation is treated as one that gives none)."""
+    if orientation is None:
+        return None
+    values = np.asarray(orientation, dtype=float)
+    if not np.all(np.isfinite(values)) or np.abs(values).max() > 2.0:
+        return None
+    row, column = values[:3], values[3:]
+    norms = np.linalg.norm(row), np.linalg.norm(column)
+    if not (0.5 < norms[0] < 2.0 and 0.5 < norms[1] < 2.0):
+        return None
+    if np.linalg.norm(np.cross(row / norms[0], column / norms[1])) < 0.5:
+        return None
+    return orientation
+
+
+def _usable_spacing(spacing: Optional[tuple]) -> Optional[tuple]:
+    """PixelSpacing when both values are positive and finite; else None."""
+    if spacing is None or not all(math.isfinite(v) and 0 < v < 1e4 for v in spacing):
+        return None
+    return spacing
+
+
 def _frame_count_problem(record: DicomFile) -> Optional[str]:
     """A declared frame count the file cannot hold (native frames need their bytes, an
     encapsulated frame at least one 8-byte item, a deflated dataset 1/1032 of its bytes)."""
@@ -412,8 +437,8 @@ def _frames_of(record: DicomFile, dataset) -> list:
         if per_frame:
             return _enhanced_frames(record, dataset, per_frame)
     position = _floats(dataset, "ImagePositionPatient", 3)
-    orientation = _floats(dataset, "ImageOrientationPatient", 6)
-    spacing = _floats(dataset, "PixelSpacing", 2) or _floats(dataset, "ImagerPixelSpacing", 2)
+    orientation = _usable_orientation(_floats(dataset, "ImageOrientationPatient", 6))
+    spacing = _usable_spacing(_floats(dataset, "PixelSpacing", 2) or _floats(dataset, "ImagerPixelSpacing", 2))
     slope = _float(dataset, "RescaleSlope", 1.0) or 1.0
     intercept = _float(dataset, "RescaleIntercept", 0.0)
     common = dict(
@@ -467,7 +492,7 @@ def _enhanced_frames(record: DicomFile, dataset, per_frame) -> list:
         echo_item = lookup(item, "MREchoSequence")
         voi = lookup(item, "FrameVOILUTSequence")
         position = _floats(position_item, "ImagePositionPatient", 3)
-        orientation = _floats(orientation_item, "ImageOrientationPatient", 6)
+        orientation = _usable_orientation(_floats(orientation_item, "ImageOrientationPatient", 6))
         if position is None or orientation is None:
             position, orientation = None, None
         slope = (_float(transform, "RescaleSlope", None) if transform is not None else None) or top_slope
