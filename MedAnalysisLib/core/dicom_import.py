@@ -315,7 +315,11 @@ class ImportSession:
             from .dicom_deid import deidentified_copy
 
             header = dicom.full_header(header)
-            clean = deidentified_copy(header, self.deidentifier)
+            try:
+                clean = deidentified_copy(header, self.deidentifier)
+            except DEIDENTIFY_ERRORS as error:  # a header pydicom cannot carry over: refused, never kept as is
+                raise InputError(self.relative(volume.files[0].path),
+                                 f"cannot be de-identified ({_one_line_reason(error)})") from None
             warnings.extend(w for w in self.deidentifier.warnings if w not in warnings)
             series_uid = self.deidentifier.map_uid(series.series_uid)
             volume_id = series_uid + (volume.volume_id[len(series.series_uid):] if
@@ -401,11 +405,9 @@ class ImportSession:
                     dataset = pydicom.dcmread(record.path)
                     self.deidentifier.deidentify(dataset)
                     pydicom.dcmwrite(staging / f"IM{number + 1:05d}.dcm", dataset, enforce_file_format=True)
-                except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError,
-                        UnicodeError, EOFError, NotImplementedError, struct.error) as error:  # a header pydicom cannot carry over
-                    reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
-                    raise InputError(self.relative(record.path), f"cannot be de-identified and written ({reason})") \
-                        from None
+                except DEIDENTIFY_ERRORS as error:  # a header pydicom cannot carry over
+                    raise InputError(self.relative(record.path),
+                                     f"cannot be de-identified and written ({_one_line_reason(error)})") from None
             os.replace(staging, target)
         finally:
             if staging.exists():
@@ -413,6 +415,16 @@ class ImportSession:
                     child.unlink()
                 staging.rmdir()
         return target
+
+
+DEIDENTIFY_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, UnicodeError,
+                     EOFError, NotImplementedError, struct.error)  # what pydicom raises on headers it cannot carry
+
+
+def _one_line_reason(error: BaseException) -> str:
+    """The exception as one short line (pydicom sometimes embeds a whole traceback in its message)."""
+    text = str(error).split("Traceback")[0]
+    return " ".join(f"{type(error).__name__}: {text}".split())[:200]
 
 
 def split_ids(text: str) -> list:
