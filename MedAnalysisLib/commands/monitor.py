@@ -16,8 +16,8 @@ def register(add) -> None:
     parser.add_argument("--baseline-seg", metavar="S", help=".seg.nrrd (segment 'Lesion') or a lesion mask "
                                                             "labelmap (every non-zero voxel is lesion)")
     parser.add_argument("--followup-seg", metavar="S")
+    from ..core.monitoring_parameters import MonitoringParameters  # light: the parser is built for every command
     from ..core.parameters import add_arguments
-    from ..logic.monitoringlogic import MonitoringParameters
 
     add_arguments(parser, MonitoringParameters)  # thresholds and workflow settings, from their one declaration
 
