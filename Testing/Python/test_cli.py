@@ -93,5 +93,12 @@ def test_demo_runs_whole_pipeline(tmp_path):
     summary = json.loads(result.stdout)
     assert (tmp_path / "demo" / "report" / "report.html").is_file()
     assert (tmp_path / "demo" / "baseline.seg.nrrd").is_file()
-    assert summary["summary"]["lesions_baseline"] >= 0 and "ground_truth_check" in summary
     assert summary["registration"]["final_metric"] < summary["registration"]["initial_metric"]
+    lesions, counts, check = summary["lesions"], summary["summary"]["counts"], summary["ground_truth_check"]
+    assert sum(counts.values()) == len(lesions) and {l["status"] for l in lesions} <= set(counts)
+    assert summary["summary"]["lesions_baseline"] == sum(1 for l in lesions if l["volume_baseline_ml"] > 0)
+    csv_rows = (tmp_path / "demo" / "report" / "lesions.csv").read_text().strip().splitlines()
+    assert len(csv_rows) == len(lesions) + 1
+    assert check["truth_lesions"] == 10 and check["found"] + check["extra_detections"] == len(lesions)
+    # no more false lesions than the model before this one reported on the sample (8; today's model: 4)
+    assert check["extra_detections"] <= 8, check
