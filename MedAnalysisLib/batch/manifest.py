@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..core.errors import InputError
+from ..core.parameters import parse_bool
 
 BASE_COLUMNS = ("case_id", "input", "followup")
 # Permissions to run code come from the operator (command line), never from a manifest cell.
 OPERATOR_ONLY_COLUMNS = ("trusted",)
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_TRUE = ("1", "true", "yes", "y", "on")
-_FALSE = ("", "0", "false", "no", "n", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,12 +35,10 @@ class CaseSpec:
 
 def parseFlag(value: Any, subject: str) -> bool:
     """true/false cell of the manifest (1/0, yes/no, on/off; empty is false)."""
-    text = str(value or "").strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise InputError(subject, f"expected true or false, got '{value}'")
+    try:
+        return parse_bool(str(value or ""))
+    except ValueError:
+        raise InputError(subject, f"expected true or false, got '{value}'") from None
 
 
 def knownColumns(registry: dict) -> list:

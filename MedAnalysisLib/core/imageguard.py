@@ -207,13 +207,8 @@ def check_reader(path: Path, reader) -> None:
     size = [int(v) for v in reader.GetSize()]
     if any(v <= 0 for v in size):
         raise InputError(path, f"image size {size} has an empty dimension")
-    pixel_bytes = _pixel_bytes(reader.GetPixelID())
     components = max(int(reader.GetNumberOfComponents()), 1)
-    needed = float(np.prod(size, dtype=np.float64)) * pixel_bytes * components
-    budget = memory_budget_bytes()
-    if needed > budget:
-        raise InputError(path, f"image of {size} voxels needs {needed / 2**30:.1f} GiB, more than the memory budget "
-                               f"of {budget / 2**30:.1f} GiB (set MEDANALYSIS_MAX_MEMORY to allow more)")
+    check_allocation(path, size, _pixel_bytes(reader.GetPixelID()) * components, "image")
     spacing, origin, direction = reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
     if not all(math.isfinite(v) and v > 0 for v in spacing):
         raise InputError(path, f"voxel spacing {list(spacing)} is not a set of positive numbers")
@@ -277,11 +272,8 @@ def check_nrrd(path: Path) -> None:
     item = NRRD_TYPE_BYTES.get(fields.get("type", "").lower())
     if item is None:
         raise InputError(path, f"NRRD type '{fields.get('type')}' is not a known pixel type")
+    check_allocation(path, sizes, item, "NRRD data")
     expected = float(np.prod([float(v) for v in sizes])) * item
-    budget = memory_budget_bytes()
-    if expected > budget:
-        raise InputError(path, f"NRRD sizes {sizes} need {expected / 2**30:.1f} GiB, more than the memory budget "
-                               f"of {budget / 2**30:.1f} GiB (set MEDANALYSIS_MAX_MEMORY to allow more)")
     encoding = fields.get("encoding", "raw").lower()
     detached = fields.get("data file") or fields.get("datafile")
     if detached:

@@ -91,11 +91,16 @@ def positive(text: str) -> float:
     return value
 
 
+TRUE_WORDS = ("1", "true", "yes", "y", "on")
+FALSE_WORDS = ("", "0", "false", "no", "n", "off")
+
+
 def parse_bool(text: str) -> bool:
+    """yes/no text of a command-line value or manifest cell (empty is no)."""
     value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on", "y"):
+    if value in TRUE_WORDS:
         return True
-    if value in ("0", "false", "no", "off", "n", ""):
+    if value in FALSE_WORDS:
         return False
     raise ValueError(f"expected yes/no, got '{text}'")
 

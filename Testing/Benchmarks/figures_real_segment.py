@@ -12,8 +12,8 @@ Usage::
 
 Each case runs the product path (``SegmentationLogic.segment`` on a real MRML scene, default
 parameters: brain extraction and refinement on). Prints one JSON line per case: seconds, volume
-per class in mL, lesion count, and with a reference lesion mask its voxel Dice and lesion-wise
-sensitivity / false positives (components >= 10 voxels).
+per class in mL, lesion count, and with a reference lesion mask the lesion scores of
+``eval_segment_model.lesion_detection`` (reference lesions >= ``--min-lesion-ml``).
 """
 
 from __future__ import annotations
@@ -28,23 +28,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 COLOURS = {1: (0.35, 0.55, 0.95), 2: (0.55, 0.75, 0.45), 3: (0.98, 0.9, 0.45)}
-
-
-def lesion_scores(predicted: np.ndarray, reference: np.ndarray) -> dict:
-    from scipy import ndimage
-
-    dice = 2.0 * np.logical_and(predicted, reference).sum() / max(int(predicted.sum() + reference.sum()), 1)
-    ref_components, n_ref = ndimage.label(reference)
-    pred_components, n_pred = ndimage.label(predicted)
-    ref_sizes = np.bincount(ref_components.ravel())
-    pred_sizes = np.bincount(pred_components.ravel())
-    found = sum(1 for k in range(1, n_ref + 1) if ref_sizes[k] >= 10 and predicted[ref_components == k].any())
-    real = sum(1 for k in range(1, n_ref + 1) if ref_sizes[k] >= 10)
-    false = sum(1 for k in range(1, n_pred + 1) if pred_sizes[k] >= 10 and not reference[pred_components == k].any())
-    return {"lesion_dice": round(float(dice), 3), "lesions_reference": real, "lesions_found": found,
-            "sensitivity": round(found / max(real, 1), 3), "false_positive_lesions": false}
 
 
 def figure(path: Path, image, labels: np.ndarray, reference, title: str) -> None:
@@ -99,6 +85,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "Testing" / "Benchmarks" / "figures"))
     ap.add_argument("--model", default="brain-tissue-lesion")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-lesion-ml", type=float, default=0.1, help="reference lesions counted (as in the eval)")
     args = ap.parse_args()
 
     import SimpleITK as sitk
@@ -106,6 +93,7 @@ def main() -> int:
     from MedAnalysisLib import mrml
     from MedAnalysisLib.core import geometry
     from MedAnalysisLib.core.imageio import read_image
+    from eval_segment_model import lesion_detection
     from MedAnalysisLib.logic.segmentationlogic import SegmentationLogic, SegmentationParameters
 
     for case in args.cases:
@@ -130,7 +118,7 @@ def main() -> int:
             reference_image = geometry.resample_to_grid(read_image(mask_path), geometry.grid_of(image),
                                                         sitk.sitkNearestNeighbor)
             reference = sitk.GetArrayFromImage(reference_image) > 0
-            result.update(lesion_scores(labels == 4, reference))
+            result.update(lesion_detection(labels == 4, reference, voxel_ml, args.min_lesion_ml))
         figure(Path(args.out) / f"segment_{name}.png", image, labels, reference,
                f"{name}: default model, brain extraction + refinement ({seconds:.0f} s on {args.threads} threads)")
         print(json.dumps(result), flush=True)

@@ -170,19 +170,20 @@ def test_truncated_nrrd_is_refused_and_whole_one_reads(tmp_path, rng, compress):
     refused(short, "truncated")
 
 
-def test_segmentation_with_inflated_extent_is_refused_before_slicer_reads_it(tmp_path, scene):
+SEG_SPACE = b"space: left-posterior-superior\nspace directions: %s(1,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\n\n"
+
+
+@pytest.mark.parametrize("name, header, body, words", [
+    ("lesions.seg.nrrd", b"dimension: 3\nsizes: 2147483648 2 1\n" + SEG_SPACE % b"", 64, "lesions.seg.nrrd"),
+    ("layers.seg.nrrd", b"dimension: 4\nsizes: 2 8 8 8\nkinds: list domain domain domain\n" + SEG_SPACE % b"none ",
+     100, "truncated"),
+])
+def test_segmentation_with_inflated_extent_is_refused_before_slicer_reads_it(tmp_path, scene, name, header, body,
+                                                                             words):
     from MedAnalysisLib import mrml
 
-    seg = tmp_path / "lesions.seg.nrrd"
-    seg.write_bytes(b"NRRD0004\ntype: unsigned char\ndimension: 3\nsizes: 2147483648 2 1\nencoding: raw\n"
-                    b"space: left-posterior-superior\nspace directions: (1,0,0) (0,1,0) (0,0,1)\n"
-                    b"space origin: (0,0,0)\n\n" + bytes(64))
-    with pytest.raises(InputError, match="lesions.seg.nrrd"):
+    seg = tmp_path / name
+    seg.write_bytes(b"NRRD0004\ntype: unsigned char\nencoding: raw\n" + header + bytes(body))
+    with pytest.raises(InputError, match=words):
         mrml.loadSegmentation(seg, scene)
-    layered = tmp_path / "layers.seg.nrrd"
-    layered.write_bytes(b"NRRD0004\ntype: unsigned char\ndimension: 4\nsizes: 2 8 8 8\nencoding: raw\n"
-                        b"kinds: list domain domain domain\nspace: left-posterior-superior\n"
-                        b"space directions: none (1,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\n\n" + bytes(100))
-    with pytest.raises(InputError, match="truncated"):
-        mrml.loadSegmentation(layered, scene)
     assert not scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems()
