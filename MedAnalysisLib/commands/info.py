@@ -17,7 +17,7 @@ def run(args) -> int:
 
     reader = read_image_header(args.file)
     image = read_image(args.file)
-    info = {"file": os.fspath(args.file), **image_info(image, reader)}
+    info = {"file": os.fspath(args.file), **image_info(image, reader if hasattr(reader, "Execute") else None)}
 
     def human(i):
         lines = [f"{i['file']}", f"  size        {i['size']}  ({i['pixel_type']}, {i['components']} component(s))",

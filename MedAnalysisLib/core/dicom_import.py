@@ -314,8 +314,8 @@ class ImportSession:
         if anonymize and header is not None:
             from .dicom_deid import deidentified_copy
 
-            header = dicom.full_header(header)
             try:
+                header = dicom.full_header(header)
                 clean = deidentified_copy(header, self.deidentifier)
             except DEIDENTIFY_ERRORS as error:  # a header pydicom cannot carry over: refused, never kept as is
                 raise InputError(self.relative(volume.files[0].path),

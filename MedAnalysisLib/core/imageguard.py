@@ -300,8 +300,9 @@ def check_nrrd(path: Path) -> None:
                                f"the file holds {max(int(available), 0)}")
 
 
-def check_image_file(path: Path) -> None:
-    """Header checks that need no ITK reader (detached data, NIfTI-1 raw header, NRRD data length)."""
+def check_image_file(path: Path) -> Optional[str]:
+    """Header checks that need no ITK reader (detached data, NIfTI-1 raw header, NRRD data length);
+    'dicom' for a DICOM file with image pixels (to be read by our DICOM reader, never by GDCM)."""
     name = path.name.lower()
     if name.endswith((".nhdr", ".nrrd", ".mhd", ".mha")):
         check_detached(path)
@@ -310,10 +311,11 @@ def check_image_file(path: Path) -> None:
     if name.endswith((".nii", ".nii.gz")):
         check_nifti1(path)
     elif not name.endswith((".nhdr", ".nrrd", ".mhd", ".mha")):
-        check_dicom(path)
+        return check_dicom(path)
+    return None
 
 
-def check_dicom(path: Path) -> None:
+def check_dicom(path: Path) -> Optional[str]:
     """A DICOM file read as an image (GDCM would zero-fill missing pixels or decode any frame count)
     gets the importer's header checks first: truncated pixel data, impossible frame counts."""
     from .dicom import FileProblem, read_header
@@ -322,5 +324,10 @@ def check_dicom(path: Path) -> None:
         record = read_header(path)
     except FileProblem as problem:
         raise InputError(path, problem.reason) from None
-    if record is not None and record.problem:
+    if record is None:
+        return None
+    if record.problem:
         raise InputError(path, record.problem)
+    if not record.has_pixels:  # never handed to GDCM: on a damaged header it can allocate gigabytes
+        raise InputError(path, "DICOM object without image pixel data (no Rows/Columns or no PixelData)")
+    return "dicom"

@@ -68,9 +68,11 @@ def check_output_paths(inputs, outputs, folder_outputs=()) -> None:
 
 
 def read_image(path: "str | os.PathLike", pixel_type: Optional[int] = None) -> sitk.Image:
-    """Read an image file SimpleITK supports (NIfTI, NRRD, MHA, ...), raising InputError on failure."""
+    """Read an image file (NIfTI, NRRD, MHA, ..., or one DICOM file), raising InputError on failure."""
     reader = read_image_header(path)
     path = Path(reader.GetFileName())
+    if isinstance(reader, DicomFileHeader):
+        return reader.image if pixel_type is None else sitk.Cast(reader.image, pixel_type)
     try:
         if pixel_type is not None:
             reader.SetOutputPixelType(pixel_type)
@@ -81,10 +83,39 @@ def read_image(path: "str | os.PathLike", pixel_type: Optional[int] = None) -> s
     return image
 
 
-def read_image_header(path: "str | os.PathLike") -> sitk.ImageFileReader:
+class DicomFileHeader:
+    """What ``read_image_header`` gives for one DICOM file: the image loaded by our own DICOM reader
+    (headers checked against the pixel data and the memory budget before decoding; GDCM never
+    probes a damaged file), with the few reader methods callers use."""
+
+    def __init__(self, path: Path, image: sitk.Image):
+        self.path, self.image = path, image
+
+    def GetFileName(self) -> str:  # noqa: N802 - the SimpleITK reader's names
+        return str(self.path)
+
+    def __getattr__(self, name):  # GetSize, GetSpacing, GetOrigin, GetDirection, GetDimension, GetPixelID, ...
+        if name.startswith("Get"):
+            return getattr(self.image, name)
+        raise AttributeError(name)
+
+
+def read_dicom_file(path: Path) -> sitk.Image:
+    """The (first) image of one DICOM file, through the importer's checked reader."""
+    from .dicom_import import ImportSession
+
+    with ImportSession(path) as session:
+        items = [item for item in session.planned() if item.kind != "image"]
+        if not items:
+            raise InputError(path, "DICOM file holds no image")
+        return session.load(items[0])[0].image
+
+
+def read_image_header(path: "str | os.PathLike") -> "sitk.ImageFileReader | DicomFileHeader":
     """Reader with the header read (size, spacing, metadata) but no pixel data."""
     path = check_input_file(path)
-    imageguard.check_image_file(path)  # detached data outside the folder, raw NIfTI header lies
+    if imageguard.check_image_file(path) == "dicom":  # detached data outside the folder, raw NIfTI header lies
+        return DicomFileHeader(path, read_dicom_file(path))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
