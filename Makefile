@@ -22,6 +22,8 @@ demo: $(STAMP)
 	$(VENV)/bin/medanalysis demo -o demo-output
 
 test: $(STAMP)
+	@command -v dciodvfy >/dev/null || (apt-get install -y -qq dicom3tools >/dev/null 2>&1) || \
+	  echo "dicom3tools (dciodvfy) not installed: the DICOM SEG/SR validation checks will be skipped"
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

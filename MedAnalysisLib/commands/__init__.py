@@ -4,4 +4,4 @@
 arguments into the operation's parameter dataclass and call one logic/core function."""
 
 COMMANDS = ("info", "demo", "scan", "importcmd", "enhance", "register", "segment", "brainmask", "models", "monitor",
-            "batch")
+            "batch", "exportdicom", "pacs")

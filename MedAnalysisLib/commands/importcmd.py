@@ -22,6 +22,9 @@ def register(add) -> None:
                         help="de-identify (DICOM PS3.15 Annex E basic profile, modified dates option)")
     parser.add_argument("--export-dicom", default="", metavar="DIR",
                         help="with --anonymize: also write the de-identified DICOM files under DIR")
+    parser.add_argument("--deid-key", default="", metavar="FILE",
+                        help="with --anonymize: key file for pseudonyms and UIDs (created when missing; keep it "
+                             "private); the same key gives the same pseudonyms in later runs and in export-dicom")
     parser.add_argument("--no-regularize", action="store_true",
                         help="keep gantry-tilted / unevenly spaced stacks as acquired (approximate geometry)")
 
@@ -30,7 +33,8 @@ def run(args) -> int:
     from ..core.dicom_import import ImportParameters, import_to_files
 
     parameters = ImportParameters(series_uid=args.series, anonymize=args.anonymize,
-                                  regularize_geometry=not args.no_regularize, export_dicom_dir=args.export_dicom)
+                                  regularize_geometry=not args.no_regularize, export_dicom_dir=args.export_dicom,
+                                  deid_key=args.deid_key)
     result = import_to_files(args.source, args.output, parameters, progress=StderrProgress(args.json))
     emit(result, args.json, describe)
     return EXIT_OK

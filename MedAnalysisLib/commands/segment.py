@@ -68,6 +68,7 @@ def run(args) -> int:
     outputs = SegmentationLogic(scene).segment(inputNode, parameters, progress=StderrProgress(args.json),
                                                brainMaskNode=brainMaskNode)
     record = mrml.getProvenance(outputs.segmentationNode)
+    record["segments"] = [spec.to_dict() for spec in mrml.segmentSpecs(outputs.segmentationNode)]  # for labelmaps
     if suffix == ".seg.nrrd":
         mrml.saveSegmentation(outputs.segmentationNode, args.output)
         with atomic_output(sidecar_path(args.output)) as tmp:

@@ -29,8 +29,10 @@ import base64
 import datetime
 import hashlib
 import hmac
+import os
 import re
 import secrets
+from pathlib import Path
 from typing import Any, Optional
 
 PROFILE_DATABASE = "dicomfields_2026c"
@@ -95,6 +97,35 @@ class Deidentifier:
     def __init__(self, secret: Optional[bytes] = None):
         self._secret = secret if secret is not None else secrets.token_bytes(32)
         self.warnings: list = []
+
+    @classmethod
+    def from_key_file(cls, path: "str | os.PathLike", create: bool = False) -> "Deidentifier":
+        """A de-identifier whose pseudonyms and UID map come from a key file (64 hex characters).
+
+        Give the same key file to ``import --anonymize`` and ``export-dicom --anonymize`` so that
+        a DICOM SEG or SR attaches to the de-identified series. With ``create``, a missing file is
+        made with a new random key, readable by its owner only.
+        """
+        from .errors import InputError
+
+        path = Path(path)
+        if not path.exists():
+            if not create:
+                raise InputError(path, "de-identification key file does not exist (import --anonymize "
+                                       "--deid-key FILE creates it)")
+            try:
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "w") as handle:
+                    handle.write(secrets.token_hex(32) + "\n")
+            except OSError as error:
+                raise InputError(path, f"cannot create the de-identification key file ({error.strerror})") from None
+        try:
+            text = path.read_text(encoding="ascii", errors="replace").strip()
+        except OSError as error:
+            raise InputError(path, f"cannot read the de-identification key file ({error.strerror})") from None
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+            raise InputError(path, "not a de-identification key file (64 hexadecimal characters expected)")
+        return cls(bytes.fromhex(text))
 
     # -- pseudonyms ------------------------------------------------------------------------------
     def _digest(self, *parts: str) -> bytes:

@@ -63,12 +63,25 @@ class ImportParameters:
             (otherwise they load with approximate geometry and a warning).
         export_dicom_dir: with ``anonymize``, also write each loaded series' de-identified DICOM
             files under this folder (one sub-folder per series).
+        deid_key: with ``anonymize``, a key file (created when missing) from which pseudonyms, the
+            UID map and the date shift derive, so that later runs (another time point,
+            ``export-dicom --anonymize`` of a DICOM SEG) give the same ones; "" for a random key
+            per run.
     """
 
     series_uid: str = ""
     anonymize: bool = False
     regularize_geometry: bool = True
     export_dicom_dir: str = ""
+    deid_key: str = ""
+
+    def deidentifier(self, default: Optional[Deidentifier] = None) -> Optional[Deidentifier]:
+        """The de-identifier these parameters ask for (from the key file), else ``default``."""
+        if self.deid_key and not self.anonymize:
+            raise InputError(self.deid_key, "a de-identification key is only used with --anonymize")
+        if self.deid_key:
+            return Deidentifier.from_key_file(self.deid_key, create=True)
+        return default
 
 
 @dataclasses.dataclass
@@ -435,6 +448,7 @@ def split_ids(text: str) -> list:
 def provenance_parameters(parameters: ImportParameters, deidentifier: Deidentifier) -> dict:
     """The parameters as recorded in provenance: original UIDs replaced when anonymized."""
     record = dataclasses.asdict(parameters)
+    record["deid_key"] = "key file" if parameters.deid_key else ""  # never the path or the key
     if parameters.anonymize and parameters.series_uid:
         mapped = []
         for identifier in split_ids(parameters.series_uid):
@@ -515,6 +529,7 @@ def import_to_files(source: "str | os.PathLike", output: "str | os.PathLike",
                                  f"(use one of {', '.join(OUTPUT_SUFFIXES)})")
     if parameters.export_dicom_dir and not parameters.anonymize:
         raise InputError(parameters.export_dicom_dir, "DICOM export is only offered with --anonymize")
+    deidentifier = parameters.deidentifier(deidentifier)
     started = time.perf_counter()
     timings = {}
     report = ProgressReporter(progress, cancel)

@@ -312,6 +312,36 @@ def array_ijk_to_kji(array_ijk: np.ndarray) -> np.ndarray:
     return np.asarray(array_ijk).transpose(2, 1, 0)
 
 
+def dicom_plane_grid(position_lps: Sequence[float], orientation: Sequence[float], pixel_spacing: Sequence[float],
+                     rows: int, columns: int, thickness_mm: float = 1.0) -> dict:
+    """Grid of one DICOM image plane (one slice, or one frame of a multi-frame image).
+
+    ImagePositionPatient is the centre of the first pixel; ImageOrientationPatient holds the
+    direction in which the column index grows (along a row) and then the direction in which the
+    row index grows; PixelSpacing is (between rows, between columns). So index i is the column,
+    j the row, and k the plane normal (one voxel of ``thickness_mm``).
+    """
+    row_direction = np.asarray(orientation[:3], dtype=float)
+    column_direction = np.asarray(orientation[3:6], dtype=float)
+    row_direction /= np.linalg.norm(row_direction)
+    column_direction /= np.linalg.norm(column_direction)
+    normal = np.cross(row_direction, column_direction)
+    direction = np.column_stack([row_direction, column_direction, normal])
+    spacing = (float(pixel_spacing[1]), float(pixel_spacing[0]), float(thickness_mm))
+    return {"size": [int(columns), int(rows), 1], "origin": tuple(float(v) for v in position_lps),
+            "spacing": spacing, "direction": tuple(float(v) for v in direction.ravel())}
+
+
+def slice_spacing_mm(positions_lps: Sequence[Sequence[float]], orientation: Sequence[float]) -> Optional[float]:
+    """Median distance between neighbouring slice positions along the plane normal (None for one slice)."""
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float))
+    normal /= np.linalg.norm(normal)
+    along = np.sort(np.asarray(positions_lps, float) @ normal)
+    steps = np.diff(along)
+    steps = steps[steps > 1e-6]
+    return float(np.median(steps)) if steps.size else None
+
+
 def grid_of(image: sitk.Image) -> dict:
     return {"size": list(image.GetSize()), "origin": image.GetOrigin(), "spacing": image.GetSpacing(),
             "direction": image.GetDirection()}

@@ -58,6 +58,7 @@ class ImportLogic(LogicBase):
             The new volume nodes (scalar, or vector for colour data), in scan order.
         """
         parameters = parameters or ImportParameters()
+        self.deidentifier = parameters.deidentifier(self.deidentifier)
         report = self.reporter(progress, cancel)
         imported = []
         with ImportSession(source, parameters, self.deidentifier, report.sub(0.0, 0.2), report.cancel) as session:
