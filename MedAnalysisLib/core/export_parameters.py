@@ -23,7 +23,7 @@ class DicomExportParameters:
                             batch=False)
     timePoint: str = option("baseline", "which time point of the report the reference series is (the SR's "
                                         "volumes; centroids, in baseline space, are written at baseline)",
-                            choices=TIME_POINTS, batch=False)
+                            choices=TIME_POINTS, flag="--time-point", batch=False)
     anonymize: bool = option(False, "de-identify the SEG and SR with the pseudonyms and UIDs of "
                                     "'import --anonymize --deid-key' of the same series", batch=False)
     deidKey: str = option("", "the key file given to import --anonymize (required with --anonymize)",

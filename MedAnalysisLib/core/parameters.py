@@ -167,7 +167,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, exclude: Iterable[str] =
                 kwargs["choices"] = meta["choices"]
             if meta["metavar"]:
                 kwargs["metavar"] = meta["metavar"]
-            if field.default not in (None, dataclasses.MISSING):
+            if field.default not in (None, dataclasses.MISSING, ""):
                 text += f"; default {field.default}"
         parser.add_argument(flag_of(field), help=text, **kwargs)
 
