@@ -41,6 +41,7 @@ class MedAnalysisSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservation
             self.ui.modelComboBox.addItem(entry["name"])
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.brainButton.connect("clicked(bool)", self.onBrainButton)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicomButton)
 
     def readParameters(self):
         from MedAnalysisLib.logic.segmentationlogic import SegmentationParameters
@@ -65,6 +66,25 @@ class MedAnalysisSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservation
                                            cancel=cancel))
         if outputs is not None:
             self.ui.statusLabel.text = f"Brain volume {outputs.volumeMl:.1f} mL ({outputs.device})."
+
+    def onExportDicomButton(self):
+        from MedAnalysisLib import dependencies
+        from MedAnalysisLib.logic.dicomexportlogic import DicomExportLogic, DicomExportParameters
+
+        if not dependencies.ensureDependencies():
+            return
+        parameters = DicomExportParameters(seriesUid=self.ui.referenceSeriesLineEdit.text.strip(),
+                                           reportDir=self.ui.reportDirLineEdit.text.strip())
+        logic = DicomExportLogic(slicer.mrmlScene)
+        result = gui.runWithProgress("DICOM export", lambda progress, cancel: logic.exportSegmentation(
+            self.ui.outputSelector.currentNode(), self.ui.referenceDirLineEdit.text.strip(),
+            self.ui.exportDirLineEdit.text.strip(), parameters, progress=progress, cancel=cancel))
+        if result is None:
+            return
+        if self.ui.loadExportCheckBox.checked:
+            logic.loadIntoSlicerDicomDatabase([result[key] for key in ("seg", "sr") if key in result])
+        self.ui.statusLabel.text = (f"Wrote {result['seg']} ({len(result['segments'])} segments, {result['frames']} "
+                                    "frames)" + (f" and {result['sr']}" if "sr" in result else "") + ".")
 
     def onApplyButton(self):
         from MedAnalysisLib import dependencies

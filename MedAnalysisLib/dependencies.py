@@ -26,6 +26,8 @@ SLICER_REQUIREMENTS: Sequence[tuple[str, str]] = (
     ("matplotlib", "matplotlib>=3.7"),
     ("distributed", "dask[distributed]>=2024.1"),
     ("deepbet", "deepbet==1.0.2"),  # brain extraction; installed after torch (its dependency)
+    ("highdicom", "highdicom>=0.28,<0.29"),  # DICOM SEG and SR export
+    ("pynetdicom", "pynetdicom>=3.0,<3.1"),  # PACS exchange
 )
 
 # Packages Slicer provides and that must never be replaced by pip inside Slicer.

@@ -92,3 +92,30 @@ def test_undecodable_text_bytes_do_not_crash_import_or_export(tmp_path, rng):
         assert out.exists()
     result = run_cli("scan", tmp_path / "dcm")
     assert result.returncode == 0 and "\x1b" not in result.stdout + result.stderr, result.stderr
+
+
+def test_single_dicom_files_are_read_by_our_reader_never_probed_by_gdcm(tmp_path, rng):
+    """info/read_image on one DICOM file: a header GDCM would choke on (a damaged file-meta VR made
+    GDCM allocate gigabytes in the fuzz) is read by our own checked reader; an object without
+    pixels is refused before any reader; its de-identified export is a clear refusal (exit 2)."""
+    import json
+
+    path = small_series(tmp_path / "one", rng, count=1)[0]
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x02\x00\x10\x00UI")  # (0002,0010) TransferSyntaxUID, explicit VR
+    data[at + 4:at + 6] = b"UP"  # a VR that does not exist
+    damaged = tmp_path / "damaged.dcm"
+    damaged.write_bytes(bytes(data))
+    result = run_cli("info", damaged, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["size"] == [16, 16, 1]
+    exported = run_cli("import", damaged, "-o", tmp_path / "a.nii.gz", "--anonymize", "--export-dicom", tmp_path / "x")
+    one_line_refusal(exported, "damaged.dcm", "de-identified")
+    assert not (tmp_path / "a.nii.gz").exists() and not (tmp_path / "x").exists()
+
+    dataset = pydicom.dcmread(path)
+    del dataset.PixelData
+    del dataset.Rows
+    no_pixels = tmp_path / "no_pixels.dcm"
+    dataset.save_as(no_pixels, enforce_file_format=True)
+    one_line_refusal(run_cli("info", no_pixels), "no_pixels.dcm", "without image pixel data")
