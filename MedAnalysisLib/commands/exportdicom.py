@@ -26,26 +26,27 @@ def run(args) -> int:
     from ..core.labels import SegmentSpec
     from ..core.parameters import from_namespace
     from ..core.progress import output_suffix
-    from ..logic.dicomexportlogic import DicomExportLogic, DicomExportParameters
+    from ..logic.dicomexportlogic import DicomExportLogic, DicomExportParameters, algorithm_from_provenance
 
     parameters = from_namespace(DicomExportParameters, args).validate()
     check_output_paths([args.segmentation, args.reference, parameters.reportDir, parameters.deidKey], [],
                        folder_outputs=[args.output])
-    scene = mrml.newScene()
     try:
         record = provenance_sidecar(args.segmentation)
     except (OSError, ValueError):  # an unreadable sidecar: the segmentation is exported as of unknown origin
         record = None
-    if output_suffix(args.segmentation) == ".seg.nrrd":
-        node = mrml.loadSegmentation(args.segmentation, scene)
-    else:
+    logic = DicomExportLogic(mrml.newScene())
+    progress = StderrProgress(args.json)
+    if output_suffix(args.segmentation) == ".seg.nrrd":  # segment metadata through Slicer's storage node
+        node = mrml.loadSegmentation(args.segmentation, logic.scene)
+        if record is not None:
+            mrml.setProvenance(node, record)
+        result = logic.exportSegmentation(node, args.reference, args.output, parameters, progress=progress)
+    else:  # a labelmap: straight to the export, no segmentation node needed
         specs = [SegmentSpec.from_dict(entry) for entry in (record or {}).get("segments", [])]
-        node = mrml.segmentationNodeFromLabelmap(read_image(args.segmentation), scene, name="Segmentation",
-                                                 segments=specs or None)
-    if record is not None:
-        mrml.setProvenance(node, record)
-    result = DicomExportLogic(scene).exportSegmentation(node, args.reference, args.output, parameters,
-                                                        progress=StderrProgress(args.json))
+        result = logic.exportLabelmap(lambda: (read_image(args.segmentation), specs), args.segmentation,
+                                      args.reference, args.output, parameters, algorithm_from_provenance(record),
+                                      progress=progress)
     emit(result, args.json, describe)
     return EXIT_OK
 

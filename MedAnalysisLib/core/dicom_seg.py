@@ -14,7 +14,6 @@ SEG carries the same pseudonyms and UIDs as the de-identified import made with t
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import warnings
@@ -122,6 +121,27 @@ def _frame_planes(dataset) -> list:
     return planes
 
 
+def label_values(array: np.ndarray, subject: str) -> list:
+    """The non-zero label values present (integer labels 0..65535)."""
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+            raise InputError(subject, "label map holds non-integer values")
+    if not array.size:
+        return []
+    if array.dtype.kind == "u" and array.dtype.itemsize <= 2:  # the usual case: no sort, small chunks
+        flat = np.ravel(array)
+        counts = np.zeros(1 << (8 * array.dtype.itemsize), np.int64)
+        for start in range(0, flat.size, 1 << 22):
+            chunk = np.bincount(flat[start:start + (1 << 22)])
+            counts[:chunk.size] += chunk
+    else:
+        low, high = array.min(), array.max()
+        if low < 0 or high > 65535:
+            raise InputError(subject, f"label values {low:g}..{high:g} do not fit a DICOM SEG (0..65535)")
+        counts = np.bincount(np.ravel(array).astype(np.uint16))
+    return [int(v) for v in np.flatnonzero(counts) if v > 0]
+
+
 def frames_on_source(labels: sitk.Image, reference: ReferenceSeries) -> np.ndarray:
     """Label values sampled on every source frame: (frames, rows, columns), frames in the order of
     ``reference.datasets`` (and of the frames within each)."""
@@ -186,20 +206,17 @@ def build_segmentation(labels: sitk.Image, specs: Sequence[SegmentSpec], referen
 
     from .. import __version__
 
-    present = np.unique(geometry.array_view(labels))
-    present = [int(v) for v in present if v > 0]
+    present = label_values(geometry.array_view(labels), subject)
     if not present:
         raise InputError(subject, "segmentation has no labelled voxels: nothing to export")
-    if min(present) < 0 or max(present) > 65535:
-        raise InputError(subject, f"label values {min(present)}..{max(present)} do not fit a DICOM SEG")
     frames = frames_on_source(labels, reference)
-    on_source = [int(v) for v in np.unique(frames) if v > 0]
+    on_source = label_values(frames, subject)
     if not on_source:
         raise InputError(subject, "segmentation does not overlap the reference series' slices in scanner "
                                   "coordinates (it belongs to another image, or its geometry is wrong)")
     by_label = {spec.label: spec for spec in specs}
     chosen = [by_label.get(value) or SegmentSpec(value, f"Segment_{value}") for value in on_source]
-    numbers = np.zeros(max(on_source) + 1, dtype=np.uint16)
+    numbers = np.zeros(max(on_source) + 1, dtype=np.uint8 if len(chosen) < 256 else np.uint16)
     for number, spec in enumerate(chosen, start=1):
         numbers[spec.label] = number
     segment_frames = numbers[frames]
@@ -225,10 +242,11 @@ _TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "
 
 
 def source_headers(reference: ReferenceSeries, deidentifier=None) -> list:
-    """Copies of the source headers as the derived objects reference them: de-identified with
-    ``deidentifier`` (same pseudonyms and UIDs as a de-identified import with the same key), and
-    with the patient/study attributes a derived object must carry present (empty when unknown)."""
-    datasets = [copy.deepcopy(d) for d in reference.datasets]
+    """The source headers as the derived objects reference them (changed in place: they were read
+    for this export): de-identified with ``deidentifier`` (same pseudonyms and UIDs as a
+    de-identified import with the same key), and with the patient/study attributes a derived
+    object must carry present (empty when unknown)."""
+    datasets = reference.datasets
     if any("SliceThickness" not in d for d in datasets) and all("ImagePositionPatient" in d for d in datasets):
         thickness = geometry.slice_spacing_mm([[float(v) for v in d.ImagePositionPatient] for d in datasets],
                                               [float(v) for v in datasets[0].ImageOrientationPatient]) or 1.0

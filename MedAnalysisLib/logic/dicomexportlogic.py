@@ -65,28 +65,38 @@ class DicomExportLogic(LogicBase):
         Returns:
             A summary: files written, SEG/SR UIDs, segments, frames.
         """
+        if algorithm is None:
+            algorithm = algorithm_from_provenance(mrml.getProvenance(segmentationNode))
+        subject = mrml.subjectOf(segmentationNode)
+        parameters = (parameters or DicomExportParameters()).validate()
+        return self.exportLabelmap(lambda: (mrml.labelmapFromSegmentationNode(segmentationNode),
+                                            mrml.segmentSpecs(segmentationNode)),
+                                   subject, reference, outputDir, parameters, algorithm, progress, cancel)
+
+    def exportLabelmap(self, labelsAndSpecs, subject: str, reference: "str | os.PathLike",
+                       outputDir: "str | os.PathLike", parameters: Optional[DicomExportParameters] = None,
+                       algorithm=None, progress: Optional[ProgressCallback] = None,
+                       cancel: Optional[CancelToken] = None) -> dict:
+        """:meth:`exportSegmentation` from a label image and its segment specs, without a node
+        (``labelsAndSpecs``: the pair, or a function giving it once the inputs are checked)."""
         from ..core import dicom_seg, dicom_sr
         from ..core.dicom_deid import Deidentifier
 
         parameters = (parameters or DicomExportParameters()).validate()
         report = self.reporter(progress, cancel)
         started = time.perf_counter()
-        subject = mrml.subjectOf(segmentationNode)
         outputDir = Path(outputDir)
         if outputDir.exists() and not outputDir.is_dir():
             raise InputError(outputDir, "output exists and is not a folder")
         summary = (dicom_sr.load_monitoring_summary(parameters.reportDir, parameters.reportDir)
                    if parameters.reportDir else None)
         deidentifier = Deidentifier.from_key_file(parameters.deidKey) if parameters.anonymize else None
-        if algorithm is None:
-            algorithm = algorithm_from_provenance(mrml.getProvenance(segmentationNode))
 
         report(0.05, "reading the reference series")
         series = dicom_seg.read_reference_series(reference, parameters.seriesUid)
         report.cancel.raise_if_cancelled()
         report(0.3, "sampling the segmentation on the source slices")
-        labels = mrml.labelmapFromSegmentationNode(segmentationNode)
-        specs = mrml.segmentSpecs(segmentationNode)
+        labels, specs = labelsAndSpecs() if callable(labelsAndSpecs) else labelsAndSpecs
         seg, written, sources = dicom_seg.build_segmentation(labels, specs, series, subject, algorithm, deidentifier)
         report.cancel.raise_if_cancelled()
         datasets = {SEG_NAME: seg}
