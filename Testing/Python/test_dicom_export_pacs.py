@@ -137,6 +137,26 @@ def test_seg_from_model_output_carries_names_codes_and_algorithm(series, tmp_pat
     assert highdicom.color.CIELabColor.from_dicom_value(lab).to_rgb()[0] > 200  # red stays red
 
 
+def test_seg_from_slicer_segmentation_file(series, tmp_path, scene):
+    """A .seg.nrrd (Slicer's storage node) keeps its segment names and terminology."""
+    from MedAnalysisLib import mrml
+
+    labels = sitk.ReadImage(str(series["labels"]))
+    node = mrml.segmentationNodeFromLabelmap(labels, scene, segments=BRAIN_TISSUE_SEGMENTS)
+    path = mrml.saveSegmentation(node, tmp_path / "tissue.seg.nrrd")
+    result = run_cli("export-dicom", path, "--reference", series["folder"], "-o", tmp_path / "out", "--json")
+    assert result.returncode == 0, result.stderr
+    seg = highdicom.seg.segread(tmp_path / "out" / "seg.dcm")
+    assert [item.SegmentLabel for item in seg.SegmentSequence] == [s.name for s in BRAIN_TISSUE_SEGMENTS]
+    assert seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "389081007"  # gray matter
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "MANUAL"  # no provenance: not claimed as ours
+    frames = dicom_seg.segment_frames_by_source(seg)
+    expected = expected_frames(series["labels"], series["folder"])
+    for uid, labels_k in expected.items():
+        got = frames.get((uid, 1), {}).get(3, np.zeros(labels_k.shape, bool))
+        assert np.array_equal(got, labels_k == 3)
+
+
 def monitoring_report(folder: Path, centroid_ras) -> Path:
     folder.mkdir(parents=True)
     lesions = [{"id": "L1", "status": "grown", "centroid_ras": list(centroid_ras), "volume_baseline_ml": 0.5,
