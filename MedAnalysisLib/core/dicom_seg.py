@@ -29,6 +29,7 @@ from .labels import SegmentSpec
 
 DEFAULT_CODE = ("SCT", "85756007", "Tissue")
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+MAX_SEGMENTS = 200  # more distinct values than this: an intensity image given by mistake
 
 
 @dataclasses.dataclass
@@ -209,6 +210,9 @@ def build_segmentation(labels: sitk.Image, specs: Sequence[SegmentSpec], referen
     present = label_values(geometry.array_view(labels), subject)
     if not present:
         raise InputError(subject, "segmentation has no labelled voxels: nothing to export")
+    if len(present) > MAX_SEGMENTS:
+        raise InputError(subject, f"{len(present)} distinct label values: this looks like an intensity image, not a "
+                                  f"label map (a DICOM SEG is written for at most {MAX_SEGMENTS} segments)")
     frames = frames_on_source(labels, reference)
     on_source = label_values(frames, subject)
     if not on_source:
@@ -256,6 +260,9 @@ def source_headers(reference: ReferenceSeries, deidentifier=None) -> list:
     for dataset in datasets:
         if deidentifier is not None:
             deidentifier.deidentify(dataset)
+        for element in list(dataset):  # an empty sequence copied into the SEG (e.g. ProcedureCodeSequence
+            if element.VR == "SQ" and not element.value:  # of the study module) would make it invalid
+                del dataset[element.tag]
         for keyword in _TYPE2_COPIED:
             if keyword not in dataset:
                 setattr(dataset, keyword, "")

@@ -420,3 +420,12 @@ def test_pacs_failed_status(series, failing_pacs, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.part")]
     line = one_error_line(run_cli("pacs", "echo", "--to", f"WRONG@127.0.0.1:{failing_pacs}"))
     assert "rejected" in line
+
+
+def test_intensity_image_given_as_segmentation(series, tmp_path):
+    path = tmp_path / "intensity.nii.gz"
+    image = sitk.Cast(sitk.RescaleIntensity(series["image"], 0, 255), sitk.sitkUInt8)
+    sitk.WriteImage(image, str(path))
+    result = run_cli("export-dicom", path, "--reference", series["folder"], "-o", tmp_path / "out")
+    assert "intensity image" in one_error_line(result)
+    assert_no_files(tmp_path / "out")
