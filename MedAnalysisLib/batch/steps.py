@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 from ..core.enhance import EnhancementParameters
 from ..core.errors import InputError
 from ..core.longitudinal import MonitoringParameters
+from ..core.segment.parameters import SegmentationParameters
 from ..core.parameters import batch_columns, from_row
 from ..core.progress import atomic_output
 from .fingerprint import modelSha256
@@ -149,14 +150,11 @@ def segmentStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dic
     from .. import mrml
     from ..core import geometry
     from ..core.provenance import sidecar_path
-    from ..logic.segmentationlogic import DEFAULT_MODEL, SegmentationLogic, SegmentationParameters
+    from ..logic.segmentationlogic import SegmentationLogic, SegmentationParameters
 
-    parameters = SegmentationParameters(model=params.get("model") or DEFAULT_MODEL,
-                                        device=params.get("device") or "auto",
-                                        tta=parseFlag(params.get("tta"), "tta"),
-                                        trusted=parseFlag(params.get("trusted"), "trusted"), threads=workerThreads())
-    if parameters.device not in ("auto", "cpu", "cuda"):
-        raise InputError("device", f"expected auto, cpu or cuda, got '{parameters.device}'")
+    # trusted: only from the operator (batch --set trusted=1; the manifest refuses the column)
+    parameters = from_row(SegmentationParameters, params, trusted=parseFlag(params.get("trusted"), "trusted"),
+                          threads=workerThreads()).validate()
     outputs, metrics = {}, {}
     for prefix, logic, inputNode in _eachImage(inputs, SegmentationLogic):
         maskFile = inputs.get(f"{prefix}brain_mask")  # from the brain-mask step, when it ran
@@ -253,7 +251,7 @@ def monitorStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dic
 STEPS: dict[str, BatchStep] = {
     "import": BatchStep(importStep, columns=("series", "followup_series", "anonymize")),
     "enhance": BatchStep(enhanceStep, columns=batch_columns(EnhancementParameters), defaults={"preset": "mri-brain-t1"}),
-    "segment": BatchStep(segmentStep, columns=("model", "device", "tta", "trusted"),
+    "segment": BatchStep(segmentStep, columns=(*batch_columns(SegmentationParameters), "trusted"),
                          defaults={"model": "brain-tissue-lesion"}, usesGpu=True, hashedColumns={"model": modelSha256}),
     "brain-mask": BatchStep(brainMaskStep, columns=("device",), usesGpu=True),
     "register": BatchStep(registerStep, columns=("registration_preset",), defaults={"registration_preset": "rigid"}),

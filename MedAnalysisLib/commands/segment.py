@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -14,22 +13,14 @@ def register(add) -> None:
     parser = add("segment", run, "segment a volume with the default or your own MONAI model")
     parser.add_argument("input", metavar="IN")
     parser.add_argument("-o", "--output", required=True, metavar="SEG", help=".seg.nrrd (segments) or a labelmap file")
-    parser.add_argument("--model", default=None, help="catalog name (see `medanalysis models list`) or a model path")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--tta", action="store_true", help="test-time flip augmentation")
     parser.add_argument("--probabilities", metavar="DIR", help="also write per-class probability maps here")
-    parser.add_argument("--trusted", action="store_true",
-                        help="allow TorchScript files and MONAI bundle configs (they can run arbitrary code)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    parser.add_argument("--lesion-threshold", type=float, default=None, metavar="P",
-                        help="lesion probability a voxel needs to be labelled lesion (default: the model's; "
-                             "argmax when it has none)")
-    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
-                        help="fit the tissue intensities of this image (EM, the network's probabilities as priors); "
-                             "default: on (--no-refine: the network alone)")
     parser.add_argument("--brain-mask", default="auto", metavar="auto|off|MASK",
                         help="auto: extract the brain first (deepbet) and segment inside it; MASK: a brain mask "
                              "file (labelmap or .seg.nrrd, e.g. from `medanalysis brain-mask`); off: the model alone")
+    from ..core.parameters import add_arguments
+    from ..core.segment.parameters import SegmentationParameters  # light: the parser is built for every command
+
+    add_arguments(parser, SegmentationParameters)  # model, device, tta, trusted, threads, lesion rules, refine
 
 
 def run(args) -> int:
@@ -39,25 +30,19 @@ def run(args) -> int:
     from ..core.imageio import IMAGE_SUFFIXES, check_output_paths, write_image
     from ..core.progress import atomic_output, output_suffix
     from ..core.provenance import sidecar_path
-    from ..logic.segmentationlogic import DEFAULT_MODEL, SegmentationLogic, SegmentationParameters
+    from ..core.parameters import from_namespace
+    from ..logic.segmentationlogic import SegmentationLogic, SegmentationParameters
 
     suffix = output_suffix(args.output)
     if suffix not in IMAGE_SUFFIXES:
         raise InputError(args.output, f"unsupported output extension '{suffix}' (use .seg.nrrd or a labelmap format)")
-    if args.lesion_threshold is not None and not 0.0 < args.lesion_threshold <= 1.0:
-        raise InputError("--lesion-threshold", f"must be in (0, 1], got {args.lesion_threshold}")
     maskArgument = args.brain_mask if args.brain_mask not in ("auto", "off") else None
     check_output_paths([args.input, maskArgument], [args.output], folder_outputs=[args.probabilities])
     if args.probabilities and Path(args.probabilities).exists() and not Path(args.probabilities).is_dir():
         raise InputError(args.probabilities, "--probabilities must name a folder, not an existing file")
     started = time.perf_counter()
-    parameters = SegmentationParameters(model=args.model or DEFAULT_MODEL, device=args.device, tta=args.tta,
-                                        trusted=args.trusted, threads=args.threads,
-                                        lesionThreshold=args.lesion_threshold,
-                                        probabilities=bool(args.probabilities),
-                                        brainMask=args.brain_mask if args.brain_mask in ("auto", "off") else "off")
-    if args.refine is not None:
-        parameters.refine = args.refine
+    parameters = from_namespace(SegmentationParameters, args, probabilities=bool(args.probabilities),
+                                brainMask=args.brain_mask if args.brain_mask in ("auto", "off") else "off")
     parameters.validate()
     scene = mrml.newScene()
     inputNode = mrml.loadVolumeNode(args.input, scene, name=Path(args.input).name.split(".")[0])

@@ -11,48 +11,12 @@ from .. import mrml, resources
 from ..core import brain, geometry
 from ..core.errors import InputError
 from ..core.labels import BRAIN_TISSUE_SEGMENTS, SegmentSpec
-from ..core.longitudinal import BRAIN_MASK_CHOICES
 from ..core.progress import CancelToken, ProgressCallback
-from ..core.segment.engine import InferenceSettings, is_brain_model, segment_image
+from ..core.segment.engine import is_brain_model, segment_image
 from ..core.segment.models import LoadedModel, load_model
+from ..core.segment.parameters import DEFAULT_MODEL, SegmentationParameters  # noqa: F401 (re-exported)
 from .base import LogicBase
 from .brainlogic import BrainExtractionLogic
-
-DEFAULT_MODEL = "brain-tissue-lesion"
-
-
-@dataclasses.dataclass
-class SegmentationParameters:
-    """What to run and how (shared by panel, logic, CLI and batch)."""
-
-    model: str = DEFAULT_MODEL       # catalog name or path (safetensors/.pt + JSON, TorchScript, bundle)
-    device: str = "auto"
-    tta: bool = False
-    trusted: bool = False            # allow TorchScript / MONAI bundle configs (they can run code)
-    threads: Optional[int] = None
-    lesionMinMl: float = 0.02
-    lesionThreshold: Optional[float] = None  # lesion probability needed; None: the model's default, else argmax
-    probabilities: bool = False
-    refine: bool = True              # per-image EM fit of the tissue intensities (network as spatial prior)
-    brainMask: str = "auto"          # auto: deepbet brain extraction first (a mask node can also be given); off
-
-    def validate(self) -> "SegmentationParameters":
-        if self.brainMask not in BRAIN_MASK_CHOICES:
-            raise InputError("brain mask", f"unknown choice '{self.brainMask}' (use {' or '.join(BRAIN_MASK_CHOICES)})")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise InputError("threads", f"must be at least 1, got {self.threads}")
-        if self.lesionMinMl is not None and not (isinstance(self.lesionMinMl, (int, float)) and self.lesionMinMl >= 0):
-            raise InputError("lesionMinMl", f"must be a number >= 0, got {self.lesionMinMl}")
-        if self.lesionThreshold is not None and not (isinstance(self.lesionThreshold, (int, float))
-                                                     and 0 < self.lesionThreshold <= 1):
-            raise InputError("lesionThreshold", f"must be in (0, 1], got {self.lesionThreshold}")
-        return self
-
-    def inferenceSettings(self) -> InferenceSettings:
-        return InferenceSettings(device=self.device, tta=self.tta, threads=self.threads,
-                                 lesion_min_ml=self.lesionMinMl, lesion_threshold=self.lesionThreshold,
-                                 return_probabilities=self.probabilities, refine=self.refine)
-
 
 @dataclasses.dataclass
 class SegmentationOutputs:
@@ -138,7 +102,7 @@ class SegmentationLogic(LogicBase):
         start = 0.02 if brainMask is None else 0.25
         if brainMask is not None:
             image = brain.masked_image(image, brainMask)
-        result = segment_image(image, model.network, model.config, parameters.inferenceSettings(),
+        result = segment_image(image, model.network, model.config, parameters,
                                report.sub(start, 0.95), subject=mrml.subjectOf(inputVolumeNode))
         del image  # the input copy is not needed any more: large volumes are the memory limit
         if brainMask is not None:

@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO))
 from MedAnalysisLib import resources  # noqa: E402
 from MedAnalysisLib.core import geometry  # noqa: E402
 from MedAnalysisLib.core.segment.engine import (  # noqa: E402
-    InferenceSettings, decide_labels, normalize_percentile, postprocess_lesions, segment_image)
+    decide_labels, normalize_percentile, postprocess_lesions, segment_image)
+from MedAnalysisLib.core.segment.parameters import SegmentationParameters  # noqa: E402
 from MedAnalysisLib.core.segment.models import load_model  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def plain_monai(image, model, device):
                                           roi_size=config["inference"]["roi_size"], sw_batch_size=1,
                                           predictor=model.network, overlap=0.25, mode="gaussian")
         labels = decide_labels(torch.softmax(logits[0], 0), config).cpu().numpy()  # the model's decision rule
-    return postprocess_lesions(labels, config, image.GetSpacing(), InferenceSettings().lesion_min_ml)
+    return postprocess_lesions(labels, config, image.GetSpacing(), SegmentationParameters().lesionMinMl)
 
 
 def timed(function, repeats):
@@ -93,7 +94,7 @@ def speed(args):
     model = load_model(args.model, resources.modelsDir())
     model.network.to(args.device)
     image = sitk.ReadImage(str(resources.samplePath("mni152_t1.nii.gz")), sitk.sitkFloat32)
-    settings = InferenceSettings(device=args.device, threads=args.threads, tta=False)
+    settings = SegmentationParameters(device=args.device, threads=args.threads, tta=False, refine=False)
     plain_monai(image, model, args.device)  # warm-up
     segment_image(image, model.network, model.config, settings)
     plain, plain_times = timed(lambda: plain_monai(image, model, args.device), args.repeats)

@@ -18,7 +18,8 @@ from MedAnalysisLib import mrml
 from MedAnalysisLib.core import geometry
 from MedAnalysisLib.core.errors import InputError
 from MedAnalysisLib.core.segment import models, netconfig
-from MedAnalysisLib.core.segment.engine import InferenceSettings, segment_image
+from MedAnalysisLib.core.segment.engine import segment_image
+from MedAnalysisLib.core.segment.parameters import SegmentationParameters
 from MedAnalysisLib.logic.segmentationlogic import SegmentationLogic, SegmentationParameters
 
 
@@ -53,7 +54,8 @@ def head_image(rng):
 
 def test_labels_come_back_on_input_grid(tiny_model, head_image):
     loaded = models.load_model(str(tiny_model), REPO / "Resources" / "Models")
-    result = segment_image(head_image, loaded.network, loaded.config, InferenceSettings(device="cpu", threads=1))
+    result = segment_image(head_image, loaded.network, loaded.config,
+                           SegmentationParameters(device="cpu", threads=1, refine=False))
     assert geometry.same_grid(result.labels, head_image, 1e-6)
     labels = sitk.GetArrayFromImage(result.labels)
     assert labels.dtype == np.uint8 and labels.max() <= 4
@@ -72,13 +74,14 @@ def test_single_pass_equals_plain_monai_and_slabs_stay_close(tiny_model, head_im
                                           sw_batch_size=1, predictor=loaded.network, overlap=0.25, mode="gaussian")
     plain = logits.argmax(1)[0].numpy().astype(np.uint8)
     ours = segment_image(head_image, loaded.network, loaded.config,
-                         InferenceSettings(device="cpu", lesion_min_ml=0))
+                         SegmentationParameters(device="cpu", lesionMinMl=0, refine=False))
     plain_image = geometry.set_geometry(geometry.image_from_array(plain), model_grid["origin"], model_grid["spacing"],
                                         model_grid["direction"])
     plain_on_input = geometry.resample_to_grid(plain_image, geometry.grid_of(head_image), sitk.sitkNearestNeighbor)
     assert np.mean(sitk.GetArrayFromImage(plain_on_input) == sitk.GetArrayFromImage(ours.labels)) > 0.97
     # slabs (memory-bounded mode) see other windows; instance norm makes a random net sensitive to that
-    thin = segment_image(head_image, loaded.network, loaded.config, InferenceSettings(device="cpu", slab_voxels=32))
+    thin = segment_image(head_image, loaded.network, loaded.config,
+                         SegmentationParameters(device="cpu", slabVoxels=32, refine=False))
     agreement = np.mean(sitk.GetArrayFromImage(thin.labels) == sitk.GetArrayFromImage(ours.labels))
     assert agreement > 0.9
 
@@ -92,8 +95,8 @@ def test_volume_smaller_than_patch_is_padded(tiny_model):
 
 def test_probabilities_sum_to_one(tiny_model, head_image):
     loaded = models.load_model(str(tiny_model), REPO / "Resources" / "Models")
-    result = segment_image(head_image, loaded.network, loaded.config, InferenceSettings(return_probabilities=True,
-                                                                                      tta=True))
+    result = segment_image(head_image, loaded.network, loaded.config, SegmentationParameters(probabilities=True,
+                                                                                      tta=True, refine=False))
     probabilities = sitk.GetArrayFromImage(result.probabilities)
     assert probabilities.shape[-1] == 5
     assert np.allclose(probabilities.sum(-1), 1.0, atol=1e-4)
@@ -295,12 +298,12 @@ def test_lesion_threshold_moves_voxels_between_lesion_and_the_best_other_class()
                                   [0.05, 0.05, 0.1, 0.2, 0.6],    # lesion either way
                                   [0.1, 0.1, 0.1, 0.4, 0.3],      # white matter by argmax, lesion at 0.3
                                   [0.7, 0.1, 0.1, 0.05, 0.05]]).T  # background
-    segmenter = SlidingWindowSegmenter(torch.nn.Identity(), config, InferenceSettings(device="cpu"))
+    segmenter = SlidingWindowSegmenter(torch.nn.Identity(), config, SegmentationParameters(device="cpu", refine=False))
     assert segmenter._decide(probabilities)[0].tolist() == [4, 4, 3, 0]
-    segmenter.settings = InferenceSettings(device="cpu", lesion_threshold=0.5)
+    segmenter.settings = SegmentationParameters(device="cpu", lesionThreshold=0.5, refine=False)
     assert segmenter._decide(probabilities)[0].tolist() == [3, 4, 3, 0]
-    segmenter.settings = InferenceSettings(device="cpu", lesion_threshold=0.3)
+    segmenter.settings = SegmentationParameters(device="cpu", lesionThreshold=0.3, refine=False)
     assert segmenter._decide(probabilities)[0].tolist() == [4, 4, 4, 0]
     config["inference"]["lesion_threshold"] = 0.5  # the model's default applies when the settings have none
-    segmenter.settings = InferenceSettings(device="cpu")
+    segmenter.settings = SegmentationParameters(device="cpu", refine=False)
     assert segmenter._decide(probabilities)[0].tolist() == [3, 4, 3, 0]

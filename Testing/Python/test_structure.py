@@ -165,7 +165,7 @@ def test_library_use_leaves_the_import_system_alone():
         "config = netconfig.default_config()\n"
         "config['network']['args'].update(channels=[4, 8], strides=[2], num_res_units=0)\n"
         "net = netconfig.build_network(config)\n"
-        "seg = engine.SlidingWindowSegmenter(net, config, engine.InferenceSettings(device='cpu', threads=1))\n"
+        "seg = engine.SlidingWindowSegmenter(net, config, engine.SegmentationParameters(device='cpu', threads=1, refine=False))\n"
         "import numpy as np\n"
         "seg.segment(np.random.rand(40, 40, 40).astype('float32'), engine.ProgressReporter())\n"
         "assert 'monai' in sys.modules\n"

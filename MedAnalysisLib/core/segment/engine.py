@@ -22,23 +22,7 @@ import SimpleITK as sitk
 from .. import geometry, imageguard
 from ..errors import InputError, MedAnalysisError
 from ..progress import ProgressReporter
-
-
-@dataclasses.dataclass
-class InferenceSettings:
-    """How to run a model (not what the model is: that is its config)."""
-
-    device: str = "auto"            # auto | cpu | cuda
-    tta: bool = False               # average with left-right flipped prediction
-    overlap: Optional[float] = None  # default: the model config's
-    sw_batch_size: Optional[int] = None  # windows per forward pass (default 4: ~2x CPU throughput)
-    slab_voxels: int = 256          # volumes deeper than this (slowest axis) run slab by slab
-    threads: Optional[int] = None   # CPU threads (default: all cores)
-    amp: bool = True                # mixed precision on GPU
-    lesion_min_ml: float = 0.02     # lesion components smaller than this are removed
-    lesion_threshold: Optional[float] = None  # lesion probability needed (default: the model's, else argmax)
-    return_probabilities: bool = False
-    refine: bool = False            # per-image EM on the tissue intensities (core/segment/refine.py)
+from .parameters import SegmentationParameters
 
 
 @dataclasses.dataclass
@@ -150,7 +134,7 @@ def decide_labels(probabilities, config: dict, lesion_threshold: Optional[float]
 class SlidingWindowSegmenter:
     """Runs a network over a normalized (k, j, i) array, slab by slab, returning uint8 labels."""
 
-    def __init__(self, network, config: dict, settings: InferenceSettings):
+    def __init__(self, network, config: dict, settings: SegmentationParameters):
         import torch
 
         self.config = config
@@ -168,7 +152,7 @@ class SlidingWindowSegmenter:
         self.roi = [int(v) for v in inference.get("roi_size", (96, 96, 96))]
         self.overlap = float(settings.overlap if settings.overlap is not None else inference.get("overlap", 0.25))
         # batching windows does not change results (per-window instance norm) but doubles CPU throughput
-        self.sw_batch_size = int(settings.sw_batch_size or max(4, int(inference.get("sw_batch_size", 1))))
+        self.sw_batch_size = int(settings.swBatchSize or max(4, int(inference.get("sw_batch_size", 1))))
         self.classes = int(config["network"]["args"].get("out_channels", 2))
         self.messages: list = []
 
@@ -183,7 +167,7 @@ class SlidingWindowSegmenter:
             probabilities = refine_probabilities(intensities.to(probabilities.device), probabilities,
                                                  _lesion_label(self.config),
                                                  tissue={k: v for k, v in tissue.items() if v is not None})
-        return decide_labels(probabilities, self.config, self.settings.lesion_threshold), probabilities
+        return decide_labels(probabilities, self.config, self.settings.lesionThreshold), probabilities
 
     def _forward(self, window):
         import torch
@@ -213,7 +197,7 @@ class SlidingWindowSegmenter:
     def segment(self, array: np.ndarray, report: ProgressReporter, keep_probabilities: bool = False):
         """(uint8 labels, optional class probabilities) of a normalized (k, j, i) array."""
         box = foreground_box(array, margin=4)
-        if array.shape[0] <= max(int(self.settings.slab_voxels), self.roi[0]):
+        if array.shape[0] <= max(int(self.settings.slabVoxels), self.roi[0]):
             return self._segment_windows(array, box, report, keep_probabilities)
         return self._segment_slabs(array, box, report, keep_probabilities)
 
@@ -300,7 +284,7 @@ class SlidingWindowSegmenter:
         cropped = np.ascontiguousarray(array[box])
         padded, valid = _pad_to(cropped, self.roi, background)
         depth = padded.shape[0]
-        slab = max(int(self.settings.slab_voxels), self.roi[0])
+        slab = max(int(self.settings.slabVoxels), self.roi[0])
         halo = self.roi[0] // 2
         labels = np.zeros(padded.shape, np.uint8)
         probabilities = np.zeros((self.classes, *padded.shape), np.float32) if keep_probabilities else None
@@ -435,10 +419,10 @@ def postprocess_lesions(labels: np.ndarray, config: dict, spacing_mm, lesion_min
     return labels
 
 
-def segment_image(image: sitk.Image, network, config: dict, settings: Optional[InferenceSettings] = None,
+def segment_image(image: sitk.Image, network, config: dict, settings: Optional[SegmentationParameters] = None,
                   report: Optional[ProgressReporter] = None, subject="input") -> InferenceResult:
     """Segment a 3-D scalar image; labels come back on the input grid."""
-    settings = settings or InferenceSettings()
+    settings = settings or SegmentationParameters()
     report = report or ProgressReporter()
     check_segmentation_input(image, config, subject)
     seconds = {}
@@ -449,13 +433,13 @@ def segment_image(image: sitk.Image, network, config: dict, settings: Optional[I
 
     started = time.perf_counter()
     segmenter = SlidingWindowSegmenter(network, config, settings)
-    labels, probabilities = segmenter.segment(array, report.sub(0.05, 0.9), settings.return_probabilities)
+    labels, probabilities = segmenter.segment(array, report.sub(0.05, 0.9), settings.probabilities)
     del array
     seconds["inference"] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
     report(0.9, "postprocessing")
-    labels = postprocess_lesions(labels, config, model_grid["spacing"], settings.lesion_min_ml)
+    labels = postprocess_lesions(labels, config, model_grid["spacing"], settings.lesionMinMl)
     model_labels = _on_grid(labels, model_grid)
     if geometry.same_grid(model_labels, image, 1e-6):
         on_input = model_labels  # the input already is on the model's grid
