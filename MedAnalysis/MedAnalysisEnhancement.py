@@ -1,17 +1,29 @@
 """MedAnalysis Enhancement: denoising, bias-field correction, normalization, contrast, resampling.
 
-Thin Slicer module: the panel reads its widgets into EnhancementParameters and calls
-EnhancementLogic.enhance once. Research software, not for clinical use.
+Thin Slicer module: the panel's parameter node (MedAnalysisEnhancementParameterNode, bound to the widgets
+as in Slicer's scripted-module template) is read into EnhancementParameters and EnhancementLogic.enhance
+runs once. Research software, not for clinical use.
 """
 
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
 from MedAnalysisLib import gui
-from MedAnalysisLib.core.enhance import EnhancementParameters
+from MedAnalysisLib.core.enhance import BIAS_METHODS, DENOISE_METHODS, NORMALIZE_METHODS, EnhancementParameters
+from MedAnalysisLib.core.parameters import parse_spacing
 from MedAnalysisLib.logic.enhancementlogic import EnhancementLogic
+
+try:
+    from typing import Annotated, Optional, Union
+
+    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+except ImportError:  # Slicer < 5.4: the panel is stored with gui.saveParameters / gui.loadParameters
+    parameterNodeWrapper = None
+
+NONE = "(none)"  # combo box item for "no preset / step"
 
 
 class MedAnalysisEnhancement(ScriptedLoadableModule):
@@ -24,11 +36,39 @@ class MedAnalysisEnhancement(ScriptedLoadableModule):
             "Built on SimpleITK, scikit-image and 3D Slicer.")
 
 
+if parameterNodeWrapper is not None:
+    _DEFAULTS = EnhancementParameters()
+
+    @parameterNodeWrapper
+    class MedAnalysisEnhancementParameterNode:
+        """The panel's inputs, outputs and settings, saved with the scene (names differ from the
+        EnhancementParameters fields that gui.saveParameters stores on older Slicer)."""
+
+        inputVolume: slicer.vtkMRMLScalarVolumeNode
+        foregroundMask: Optional[Union[slicer.vtkMRMLLabelMapVolumeNode, slicer.vtkMRMLSegmentationNode]]
+        referenceVolume: slicer.vtkMRMLScalarVolumeNode
+        outputVolume: slicer.vtkMRMLScalarVolumeNode
+        presetName: Annotated[str, Choice((NONE, *EnhancementLogic.presets()))] = NONE
+        biasCorrect: bool = _DEFAULTS.bias_correct
+        biasMethod: Annotated[str, Choice(BIAS_METHODS)] = _DEFAULTS.bias_method
+        denoiseMethod: Annotated[str, Choice((NONE, *DENOISE_METHODS))] = _DEFAULTS.denoise or NONE
+        gaussianSigmaMm: Annotated[float, WithinRange(0.1, 10.0)] = _DEFAULTS.gaussian_sigma_mm
+        normalizeMethod: Annotated[str, Choice((NONE, *NORMALIZE_METHODS))] = _DEFAULTS.normalize or NONE
+        equalizeHistogram: bool = _DEFAULTS.clahe
+        resampleSpacing: str = ""
+        cropToForeground: bool = _DEFAULTS.crop_to_foreground
+        biasFieldOutput: bool = False
+else:
+    MedAnalysisEnhancementParameterNode = None
+
+
 class MedAnalysisEnhancementWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
         self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -36,42 +76,115 @@ class MedAnalysisEnhancementWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.logic = MedAnalysisEnhancementLogic()
         for name in self.logic.presets():
             self.ui.presetComboBox.addItem(name)
+        # the parameter node is reset when the scene closes
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.restoreParameters()
+        if MedAnalysisEnhancementParameterNode is None:  # Slicer without parameterNodeWrapper
+            for selector in (self.ui.inputSelector, self.ui.referenceSelector):
+                selector.connect("currentNodeChanged(vtkMRMLNode*)", self._checkCanApply)
+            self.ui.normalizeComboBox.connect("currentIndexChanged(int)", self._checkCanApply)
+            self.ui.spacingLineEdit.connect("textChanged(QString)", self._checkCanApply)
+            self.restoreParameters()
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        """Called when the application closes and the module widget is destroyed."""
+        self.removeObservers()
+
+    def enter(self):
+        """Called each time the user opens this module: make sure the parameter node exists and is observed."""
+        self.initializeParameterNode()
+
+    def exit(self):
+        """Called each time the user opens another module: stop following the parameter node."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        """Ensure the parameter node exists and is observed; select the first volume when none is."""
+        if MedAnalysisEnhancementParameterNode is None:
+            self._checkCanApply()
+            return
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            volumes = gui.sceneNodes("vtkMRMLScalarVolumeNode")
+            if volumes:
+                self._parameterNode.inputVolume = volumes[0]
+
+    def setParameterNode(self, inputParameterNode):
+        """Set and observe the parameter node (widgets with a SlicerParameterName property follow it)."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = gui.connectGui(self._parameterNode, self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _parameters(self):
+        """The panel's parameters: the parameter node or, on Slicer without parameterNodeWrapper, the widgets'
+        values by the same names."""
+        return self._parameterNode or gui.panelValues(self.ui)
+
+    def _checkCanApply(self, caller=None, event=None):
+        p = self._parameters()
+        missing = ""
+        if not p.inputVolume:
+            missing = "Select an input volume."
+        elif p.normalizeMethod == "histmatch" and not p.referenceVolume:
+            missing = "Histogram matching needs a reference volume."
+        elif p.resampleSpacing.strip():
+            try:
+                parse_spacing(p.resampleSpacing)
+            except ValueError as error:
+                missing = f"Resample spacing: {error}."
+        gui.enableButton(self.ui.applyButton, missing)
 
     def restoreParameters(self):
+        """Slicer without parameterNodeWrapper: the widgets show the parameters stored by the last Apply."""
         parameters = gui.loadParameters(self.logic.getParameterNode(), EnhancementParameters)
-        self.ui.presetComboBox.setCurrentText(parameters.preset or "(none)")
+        self.ui.presetComboBox.setCurrentText(parameters.preset or NONE)
         self.ui.biasCheckBox.checked = parameters.bias_correct
         self.ui.biasMethodComboBox.setCurrentText(parameters.bias_method)
-        self.ui.denoiseComboBox.setCurrentText(parameters.denoise or "(none)")
+        self.ui.denoiseComboBox.setCurrentText(parameters.denoise or NONE)
         self.ui.sigmaSpinBox.value = parameters.gaussian_sigma_mm
-        self.ui.normalizeComboBox.setCurrentText(parameters.normalize or "(none)")
+        self.ui.normalizeComboBox.setCurrentText(parameters.normalize or NONE)
         self.ui.claheCheckBox.checked = parameters.clahe
         self.ui.cropCheckBox.checked = parameters.crop_to_foreground
         self.ui.spacingLineEdit.text = ",".join(str(v) for v in parameters.spacing_mm) if parameters.spacing_mm else ""
 
     def readParameters(self) -> EnhancementParameters:
-        def choice(combo):
-            text = combo.currentText
-            return None if text == "(none)" else text
+        p = self._parameters()
 
-        spacingText = self.ui.spacingLineEdit.text.strip()
+        def choice(text):
+            return None if text == NONE else text
+
+        spacingText = p.resampleSpacing.strip()
         return EnhancementParameters(
-            preset=choice(self.ui.presetComboBox), bias_correct=self.ui.biasCheckBox.checked,
-            bias_method=self.ui.biasMethodComboBox.currentText, denoise=choice(self.ui.denoiseComboBox),
-            gaussian_sigma_mm=self.ui.sigmaSpinBox.value, normalize=choice(self.ui.normalizeComboBox),
-            clahe=self.ui.claheCheckBox.checked, crop_to_foreground=self.ui.cropCheckBox.checked,
-            spacing_mm=[float(v) for v in spacingText.split(",")] if spacingText else None)
+            preset=choice(p.presetName), bias_correct=p.biasCorrect, bias_method=p.biasMethod,
+            denoise=choice(p.denoiseMethod), gaussian_sigma_mm=p.gaussianSigmaMm, normalize=choice(p.normalizeMethod),
+            clahe=p.equalizeHistogram, crop_to_foreground=p.cropToForeground,
+            spacing_mm=list(parse_spacing(spacingText)) if spacingText else None)
 
     def onApplyButton(self):
+        p = self._parameters()
         parameters = self.readParameters()
-        gui.saveParameters(self.logic.getParameterNode(), parameters)
+        if self._parameterNode is None:
+            gui.saveParameters(self.logic.getParameterNode(), parameters)
         outputs = gui.runWithProgress("Enhancement", lambda progress, cancel: self.logic.enhance(
-            self.ui.inputSelector.currentNode(), parameters, maskNode=self.ui.maskSelector.currentNode(),
-            referenceVolumeNode=self.ui.referenceSelector.currentNode(),
-            outputVolumeNode=self.ui.outputSelector.currentNode(),
-            biasFieldOutput=self.ui.biasFieldOutputCheckBox.checked, progress=progress, cancel=cancel))
+            p.inputVolume, parameters, maskNode=p.foregroundMask, referenceVolumeNode=p.referenceVolume,
+            outputVolumeNode=p.outputVolume, biasFieldOutput=p.biasFieldOutput, progress=progress, cancel=cancel))
         if outputs is None:
             return
         self.ui.outputSelector.setCurrentNode(outputs.outputVolumeNode)
@@ -88,6 +201,12 @@ class MedAnalysisEnhancementLogic(ScriptedLoadableModuleLogic, EnhancementLogic)
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         EnhancementLogic.__init__(self, slicer.mrmlScene)
+
+    def getParameterNode(self):
+        """The module's parameter node: typed (MedAnalysisEnhancementParameterNode) where Slicer has
+        parameterNodeWrapper, else the plain vtkMRMLScriptedModuleNode."""
+        node = ScriptedLoadableModuleLogic.getParameterNode(self)
+        return MedAnalysisEnhancementParameterNode(node) if MedAnalysisEnhancementParameterNode else node
 
 
 class MedAnalysisEnhancementTest(ScriptedLoadableModuleTest):

@@ -1,20 +1,28 @@
 """MedAnalysis Import: DICOM folders, ZIP archives, DICOMDIRs and NIfTI / NRRD / MHA files into
 volumes, with geometry QA and optional de-identification.
 
-Thin Slicer module: the panel reads its widgets into ImportParameters and calls ImportLogic
-(scan, then load). Research software, not for clinical use.
+Thin Slicer module: the panel's parameter node (MedAnalysisImportParameterNode, bound to the widgets as in
+Slicer's scripted-module template) is read into ImportParameters and ImportLogic runs (scan, then load).
+Research software, not for clinical use.
 """
 
 import json
+import os
 
 import qt
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
 from MedAnalysisLib import gui
 from MedAnalysisLib.logic.importlogic import ImportLogic, ImportParameters
+
+try:
+    from slicer.parameterNodeWrapper import parameterNodeWrapper
+except ImportError:  # Slicer < 5.4: the panel is stored with gui.saveParameters / gui.loadParameters
+    parameterNodeWrapper = None
 
 COLUMNS = ["Series", "Modality", "Description", "Date", "Files", "Size", "Spacing (mm)", "Warnings"]
 
@@ -30,11 +38,30 @@ class MedAnalysisImport(ScriptedLoadableModule):
             "Built on pydicom, dicom-anonymizer's Annex E table, SimpleITK and 3D Slicer.")
 
 
+if parameterNodeWrapper is not None:
+    _DEFAULTS = ImportParameters()
+
+    @parameterNodeWrapper
+    class MedAnalysisImportParameterNode:
+        """The panel's source and options, saved with the scene (names differ from the ImportParameters
+        fields that gui.saveParameters stores on older Slicer). The series picked in the table are not
+        kept: they belong to one scan."""
+
+        sourcePath: str = ""  # bound explicitly (ctkPathLineEdit)
+        deidentify: bool = _DEFAULTS.anonymize
+        regularizeGeometry: bool = _DEFAULTS.regularize_geometry
+        exportDicomDir: str = _DEFAULTS.export_dicom_dir  # bound explicitly (ctkPathLineEdit)
+else:
+    MedAnalysisImportParameterNode = None
+
+
 class MedAnalysisImportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
         self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -42,14 +69,80 @@ class MedAnalysisImportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.logic = MedAnalysisImportLogic()
         self.ui.seriesTableWidget.setColumnCount(len(COLUMNS))
         self.ui.seriesTableWidget.setHorizontalHeaderLabels(COLUMNS)
+        # the parameter node is reset when the scene closes
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.chooseFolderButton.connect("clicked(bool)", self.onChooseFolder)
         self.ui.chooseFileButton.connect("clicked(bool)", self.onChooseFile)
         self.ui.scanButton.connect("clicked(bool)", self.onScanButton)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        parameters = gui.loadParameters(self.logic.getParameterNode(), ImportParameters)
-        self.ui.anonymizeCheckBox.checked = parameters.anonymize
-        self.ui.regularizeCheckBox.checked = parameters.regularize_geometry
-        self.ui.exportPathLineEdit.currentPath = parameters.export_dicom_dir
+        if MedAnalysisImportParameterNode is None:  # Slicer without parameterNodeWrapper
+            self.ui.sourcePathLineEdit.connect("currentPathChanged(QString)", self._checkCanApply)
+            parameters = gui.loadParameters(self.logic.getParameterNode(), ImportParameters)
+            self.ui.anonymizeCheckBox.checked = parameters.anonymize
+            self.ui.regularizeCheckBox.checked = parameters.regularize_geometry
+            self.ui.exportPathLineEdit.currentPath = parameters.export_dicom_dir
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        """Called when the application closes and the module widget is destroyed."""
+        self.removeObservers()
+
+    def enter(self):
+        """Called each time the user opens this module: make sure the parameter node exists and is observed."""
+        self.initializeParameterNode()
+
+    def exit(self):
+        """Called each time the user opens another module: stop following the parameter node."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        """Ensure the parameter node exists and is observed."""
+        if MedAnalysisImportParameterNode is None:
+            self._checkCanApply()
+            return
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode):
+        """Set and observe the parameter node (widgets with a SlicerParameterName property follow it; the
+        two path fields are bound explicitly)."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = gui.connectGui(
+                self._parameterNode, self.ui, sourcePath=gui.pathLineEditConnector(self.ui.sourcePathLineEdit),
+                exportDicomDir=gui.pathLineEditConnector(self.ui.exportPathLineEdit))
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _parameters(self):
+        """The panel's parameters: the parameter node or, on Slicer without parameterNodeWrapper, the widgets'
+        values by the same names."""
+        return self._parameterNode or gui.panelValues(self.ui, sourcePath=self.ui.sourcePathLineEdit.currentPath,
+                                                      exportDicomDir=self.ui.exportPathLineEdit.currentPath)
+
+    def _checkCanApply(self, caller=None, event=None):
+        source = self._parameters().sourcePath.strip()
+        if not source:
+            missing = "Choose a folder, ZIP archive, DICOMDIR or image file."
+        elif not os.path.exists(source):
+            missing = f"Not found: {source}"
+        else:
+            missing = ""
+        gui.enableButton(self.ui.scanButton, missing)
+        gui.enableButton(self.ui.applyButton, missing)
 
     def onChooseFolder(self):
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "DICOM folder")
@@ -66,7 +159,7 @@ class MedAnalysisImportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.onScanButton()
 
     def onScanButton(self):
-        source = self.ui.sourcePathLineEdit.currentPath
+        source = self._parameters().sourcePath.strip()
         report = gui.runWithProgress("Scan", lambda progress, cancel: self.logic.scan(source, progress, cancel))
         table = self.ui.seriesTableWidget
         table.setRowCount(0)
@@ -101,14 +194,17 @@ class MedAnalysisImportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         rows = sorted({index.row() for index in table.selectionModel().selectedRows()})
         return [table.item(row, 0).data(qt.Qt.UserRole) for row in rows]
 
+    def readParameters(self) -> ImportParameters:
+        p = self._parameters()
+        return ImportParameters(series_uid=" ".join(self.selectedIds()), anonymize=p.deidentify,
+                                regularize_geometry=p.regularizeGeometry,
+                                export_dicom_dir=p.exportDicomDir.strip() if p.deidentify else "")
+
     def onApplyButton(self):
-        source = self.ui.sourcePathLineEdit.currentPath
-        parameters = ImportParameters(series_uid=" ".join(self.selectedIds()),
-                                      anonymize=self.ui.anonymizeCheckBox.checked,
-                                      regularize_geometry=self.ui.regularizeCheckBox.checked,
-                                      export_dicom_dir=self.ui.exportPathLineEdit.currentPath
-                                      if self.ui.anonymizeCheckBox.checked else "")
-        gui.saveParameters(self.logic.getParameterNode(), parameters)
+        source = self._parameters().sourcePath.strip()
+        parameters = self.readParameters()
+        if self._parameterNode is None:
+            gui.saveParameters(self.logic.getParameterNode(), parameters)
         nodes = gui.runWithProgress("Import", lambda progress, cancel: self.logic.load(
             source, parameters, progress=progress, cancel=cancel))
         if not nodes:
@@ -126,6 +222,12 @@ class MedAnalysisImportLogic(ScriptedLoadableModuleLogic, ImportLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         ImportLogic.__init__(self, slicer.mrmlScene)
+
+    def getParameterNode(self):
+        """The module's parameter node: typed (MedAnalysisImportParameterNode) where Slicer has
+        parameterNodeWrapper, else the plain vtkMRMLScriptedModuleNode."""
+        node = ScriptedLoadableModuleLogic.getParameterNode(self)
+        return MedAnalysisImportParameterNode(node) if MedAnalysisImportParameterNode else node
 
 
 class MedAnalysisImportTest(ScriptedLoadableModuleTest):

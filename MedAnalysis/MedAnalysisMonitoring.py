@@ -1,8 +1,9 @@
 """MedAnalysis Monitoring: lesion detection and baseline vs follow-up change with a readable report.
 
-Thin Slicer module: the panel reads its widgets into MonitoringParameters and calls
-MonitoringLogic.monitor once; clicking a row of the change table centres the views on that
-lesion. Research software, not for clinical use.
+Thin Slicer module: the panel's parameter node (MedAnalysisMonitoringParameterNode, bound to the widgets
+as in Slicer's scripted-module template) is read into MonitoringParameters and MonitoringLogic.monitor runs
+once; clicking a row of the change table centres the views on that lesion. Research software, not for
+clinical use.
 """
 
 import dataclasses
@@ -10,11 +11,19 @@ import os
 
 import qt
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
 from MedAnalysisLib import gui
+
+try:
+    from typing import Annotated
+
+    from slicer.parameterNodeWrapper import Default, WithinRange, parameterNodeWrapper
+except ImportError:  # Slicer < 5.4: the panel is stored with gui.saveParameters / gui.loadParameters
+    parameterNodeWrapper = None
 
 
 class MedAnalysisMonitoring(ScriptedLoadableModule):
@@ -27,28 +36,136 @@ class MedAnalysisMonitoring(ScriptedLoadableModule):
             "Built on SimpleITK, MONAI and 3D Slicer.")
 
 
+def _defaultReportDir() -> str:
+    return os.path.join(slicer.app.temporaryPath, "MedAnalysisReport")
+
+
+if parameterNodeWrapper is not None:
+    def _declared(field: str, scale: float = 1.0):
+        """Default from the MonitoringParameters declaration (no default lives in the .ui), imported when the
+        parameter node is first created."""
+        def generator():
+            from MedAnalysisLib.core.monitoring_parameters import MonitoringParameters
+
+            value = getattr(MonitoringParameters(), field)
+            return value * scale if scale != 1.0 else value
+
+        return Default(generator=generator)
+
+    @parameterNodeWrapper
+    class MedAnalysisMonitoringParameterNode:
+        """The panel's inputs, thresholds and report folder, saved with the scene (names differ from the
+        MonitoringParameters fields that gui.saveParameters stores on older Slicer)."""
+
+        baselineVolume: slicer.vtkMRMLScalarVolumeNode
+        followupVolume: slicer.vtkMRMLScalarVolumeNode
+        baselineSegmentation: slicer.vtkMRMLSegmentationNode
+        followupSegmentation: slicer.vtkMRMLSegmentationNode
+        lesionSegment: Annotated[str, _declared("lesionSegmentName")]
+        minLesionMl: Annotated[float, WithinRange(0.0, 10.0), _declared("min_lesion_ml")]
+        relativeChangePercent: Annotated[float, WithinRange(0.0, 500.0), _declared("relative_change", 100.0)]
+        absoluteChangeMl: Annotated[float, WithinRange(0.0, 10.0), _declared("absolute_change_ml")]
+        reportDir: Annotated[str, Default(generator=_defaultReportDir)]
+else:
+    MedAnalysisMonitoringParameterNode = None
+
+
 class MedAnalysisMonitoringWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
         self.logic = None
         self.outputs = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         self.ui = gui.loadPanel(self, "MedAnalysisMonitoring")
-        self.ui.reportDirLineEdit.text = os.path.join(slicer.app.temporaryPath, "MedAnalysisReport")
+        self.logic = MedAnalysisMonitoringLogic()
+        # the parameter node is reset when the scene closes
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
         self.ui.changeTableWidget.connect("cellClicked(int,int)", self.onRowClicked)
-        self.restoreParameters()
+        if MedAnalysisMonitoringParameterNode is None:  # Slicer without parameterNodeWrapper
+            for selector in (self.ui.baselineSelector, self.ui.followupSelector):
+                selector.connect("currentNodeChanged(vtkMRMLNode*)", self._checkCanApply)
+            self.ui.reportDirLineEdit.text = _defaultReportDir()
+            self.restoreParameters()
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        """Called when the application closes and the module widget is destroyed."""
+        self.removeObservers()
+
+    def enter(self):
+        """Called each time the user opens this module: make sure the parameter node exists and is observed."""
+        self.initializeParameterNode()
+
+    def exit(self):
+        """Called each time the user opens another module: stop following the parameter node."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        """Ensure the parameter node exists and is observed; select the first two volumes when none are."""
+        if MedAnalysisMonitoringParameterNode is None:
+            self._checkCanApply()
+            return
+        self.setParameterNode(self.logic.getParameterNode())
+        p = self._parameterNode
+        volumes = gui.sceneNodes("vtkMRMLScalarVolumeNode")
+        if not p.baselineVolume and volumes:
+            p.baselineVolume = volumes[0]
+        if not p.followupVolume:
+            others = [volume for volume in volumes if volume is not p.baselineVolume]
+            if others:
+                p.followupVolume = others[0]
+
+    def setParameterNode(self, inputParameterNode):
+        """Set and observe the parameter node (widgets with a SlicerParameterName property follow it)."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = gui.connectGui(self._parameterNode, self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _parameters(self):
+        """The panel's parameters: the parameter node or, on Slicer without parameterNodeWrapper, the widgets'
+        values by the same names."""
+        return self._parameterNode or gui.panelValues(self.ui)
+
+    def _checkCanApply(self, caller=None, event=None):
+        p = self._parameters()
+        if not p.baselineVolume or not p.followupVolume:
+            missing = "Select the baseline and the follow-up volume."
+        elif p.baselineVolume is p.followupVolume:
+            missing = "Select two different volumes."
+        else:
+            missing = ""
+        gui.enableButton(self.ui.applyButton, missing)
+        hasReport = self.outputs is not None and self.outputs.reportPath is not None
+        gui.enableButton(self.ui.openReportButton, "" if hasReport else "Run the monitoring first (with a report folder).")
 
     def restoreParameters(self):
-        """The widgets show the stored parameters, else the declared defaults (no default lives in the .ui)."""
+        """Slicer without parameterNodeWrapper: the widgets show the stored parameters, else the declared
+        defaults (no default lives in the .ui)."""
         from MedAnalysisLib.logic.monitoringlogic import MonitoringParameters
 
-        if self.logic is None:
-            self.logic = MedAnalysisMonitoringLogic()
         parameters = gui.loadParameters(self.logic.getParameterNode(), MonitoringParameters)
         self.ui.lesionSegmentLineEdit.text = parameters.lesionSegmentName
         self.ui.minLesionSpinBox.value = parameters.min_lesion_ml
@@ -58,24 +175,26 @@ class MedAnalysisMonitoringWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def readParameters(self):
         from MedAnalysisLib.logic.monitoringlogic import MonitoringParameters
 
-        stored = gui.loadParameters(self.logic.getParameterNode() if self.logic else None, MonitoringParameters)
-        return dataclasses.replace(stored, lesionSegmentName=self.ui.lesionSegmentLineEdit.text.strip() or "Lesion",
-                                   min_lesion_ml=self.ui.minLesionSpinBox.value,
-                                   relative_change=self.ui.relativeChangeSpinBox.value / 100.0,
-                                   absolute_change_ml=self.ui.absoluteChangeSpinBox.value).validate()
+        p = self._parameters()
+        # the settings the panel does not show: declared defaults (older Slicer: as stored by the last Apply)
+        stored = (MonitoringParameters() if self._parameterNode
+                  else gui.loadParameters(self.logic.getParameterNode(), MonitoringParameters))
+        return dataclasses.replace(stored, lesionSegmentName=p.lesionSegment.strip() or "Lesion",
+                                   min_lesion_ml=p.minLesionMl, relative_change=p.relativeChangePercent / 100.0,
+                                   absolute_change_ml=p.absoluteChangeMl).validate()
 
     def onApplyButton(self):
-        if self.logic is None:
-            self.logic = MedAnalysisMonitoringLogic()
+        p = self._parameters()
         parameters = self.readParameters()
-        gui.saveParameters(self.logic.getParameterNode(), parameters)
+        if self._parameterNode is None:
+            gui.saveParameters(self.logic.getParameterNode(), parameters)
         outputs = gui.runWithProgress("Lesion monitoring", lambda progress, cancel: self.logic.monitor(
-            self.ui.baselineSelector.currentNode(), self.ui.followupSelector.currentNode(), parameters,
-            self.ui.baselineSegmentationSelector.currentNode(), self.ui.followupSegmentationSelector.currentNode(),
-            reportDir=self.ui.reportDirLineEdit.text, progress=progress, cancel=cancel))
+            p.baselineVolume, p.followupVolume, parameters, p.baselineSegmentation, p.followupSegmentation,
+            reportDir=p.reportDir.strip() or None, progress=progress, cancel=cancel))
         if outputs is None:
             return
         self.outputs = outputs
+        self._checkCanApply()
         self.showTable(outputs.result["lesions"])
         summary = outputs.result["summary"]
         self.ui.statusLabel.text = (f"{summary['lesions_baseline']} -> {summary['lesions_followup']} lesions, burden "
@@ -116,6 +235,12 @@ class MedAnalysisMonitoringLogic(ScriptedLoadableModuleLogic):
         from MedAnalysisLib.logic.monitoringlogic import MonitoringLogic
 
         self._logic = MonitoringLogic(slicer.mrmlScene)
+
+    def getParameterNode(self):
+        """The module's parameter node: typed (MedAnalysisMonitoringParameterNode) where Slicer has
+        parameterNodeWrapper, else the plain vtkMRMLScriptedModuleNode."""
+        node = ScriptedLoadableModuleLogic.getParameterNode(self)
+        return MedAnalysisMonitoringParameterNode(node) if MedAnalysisMonitoringParameterNode else node
 
     def monitor(self, *args, **kwargs):
         return self._logic.monitor(*args, **kwargs)

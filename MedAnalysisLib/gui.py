@@ -85,6 +85,137 @@ def loadParameters(parameterNode, parametersClass):
     return parametersClass(**values)
 
 
+# --- parameter node (Slicer's scripted-module template, Utilities/Templates/Modules/Scripted/TemplateKey.py) ---
+#
+# Each module declares a ``slicer.parameterNodeWrapper`` class (Slicer >= 5.4) holding its input/output nodes and
+# settings; widgets carrying the Qt dynamic property ``SlicerParameterName`` in the .ui file are bound to it by
+# ``connectGui``. The helpers below cover what ``connectGui`` does not (combo boxes filled at run time, a
+# ctkPathLineEdit holding a str), the action buttons' enabled state, and Slicer without the wrapper, where the
+# panel's values are read from the same widgets by the same names.
+
+PARAMETER_NAME_PROPERTY = "SlicerParameterName"  # slicer.parameterNodeWrapper.SlicerParameterNamePropertyName
+
+
+def connectGui(parameterNode, ui, **explicit):
+    """Bind the panel to its parameter node wrapper, as ``parameterNode.connectGui(ui)`` does (every widget
+    carrying the SlicerParameterName property), plus ``explicit`` GuiConnectors by parameter name for widgets
+    connectGui cannot bind. Returns the tag for ``parameterNode.disconnectGui``: the wrapper's own connectGui
+    returns none before Slicer 5.10, so the template's exit() could not disconnect there."""
+    mapping = {}
+    for widget in vars(ui).values():
+        name = widget.property(PARAMETER_NAME_PROPERTY)
+        if name:
+            mapping[name] = widget
+    mapping.update(explicit)
+    return parameterNode.connectParametersToGui(mapping)
+
+
+def widgetConnector(target, signal: str, read: Callable[[], object], write: Callable[[object], None]):
+    """A parameterNodeWrapper GuiConnector binding one parameter to a widget that ``connectGui`` cannot bind:
+    ``signal`` is the name of the widget's change signal (e.g. "currentTextChanged"), ``read()`` returns the
+    widget's value and ``write(value)`` shows a value. Pass it to :func:`connectGui` (the widget then carries
+    no SlicerParameterName property)."""
+    from slicer.parameterNodeWrapper import GuiConnector
+
+    class WidgetConnector(GuiConnector):
+        @staticmethod
+        def canRepresent(widget, datatype) -> bool:
+            return False  # never chosen by connectGui: only given explicitly
+
+        @staticmethod
+        def create(widget, datatype):
+            return None
+
+        def _connect(self):
+            getattr(target, signal).connect(self.changed)
+
+        def _disconnect(self):
+            getattr(target, signal).disconnect(self.changed)
+
+        def widget(self):
+            return target
+
+        def read(self):
+            return read()
+
+        def write(self, value) -> None:
+            write(value)
+
+    return WidgetConnector()
+
+
+def comboBoxTextConnector(comboBox):
+    """Binds a str parameter to the current text of a combo box whose items are filled at run time (the stock
+    connector needs a fixed Choice list and replaces the items). A value that is not an item leaves the
+    combo box as it is."""
+    def write(text):
+        if text and text != comboBox.currentText:
+            comboBox.setCurrentText(text)
+
+    return widgetConnector(comboBox, "currentTextChanged", lambda: comboBox.currentText, write)
+
+
+def pathLineEditConnector(pathLineEdit):
+    """Binds a str parameter to a ctkPathLineEdit (the stock connector wants a pathlib.Path, which shows an
+    empty path as '.')."""
+    def write(path):
+        if path != pathLineEdit.currentPath:
+            pathLineEdit.currentPath = path
+
+    return widgetConnector(pathLineEdit, "currentPathChanged", lambda: pathLineEdit.currentPath, write)
+
+
+def panelValues(ui, **explicit):
+    """The panel's values by parameter name, read from the widgets that carry the SlicerParameterName
+    property, plus ``explicit`` values of widgets bound explicitly: what a module reads instead of its
+    parameter node wrapper on Slicer without ``slicer.parameterNodeWrapper``."""
+    import types
+
+    values = {}
+    for widget in vars(ui).values():
+        name = widget.property(PARAMETER_NAME_PROPERTY)
+        if name:
+            values[name] = _widgetValue(widget)
+    values.update(explicit)
+    return types.SimpleNamespace(**values)
+
+
+def _widgetValue(widget):
+    className = widget.className()
+    if className == "qMRMLNodeComboBox":
+        return widget.currentNode()
+    if className == "QCheckBox":
+        return bool(widget.checked)
+    if className in ("QSpinBox", "QDoubleSpinBox"):
+        return widget.value
+    if className == "QComboBox":
+        return widget.currentText
+    if className == "QLineEdit":
+        return widget.text
+    if className == "ctkPathLineEdit":
+        return widget.currentPath
+    raise TypeError(f"no value reader for {className} '{widget.objectName}'")
+
+
+def enableButton(button, missing: str = "") -> None:
+    """Enable an action button when nothing is missing; otherwise disable it, its tooltip saying what is
+    missing. Its own tooltip (from the .ui file) comes back once it is enabled."""
+    readyToolTip = button.property("readyToolTip")
+    if readyToolTip is None:
+        readyToolTip = button.toolTip
+        button.setProperty("readyToolTip", readyToolTip)
+    button.enabled = not missing
+    button.toolTip = missing or readyToolTip
+
+
+def sceneNodes(className: str = "vtkMRMLScalarVolumeNode") -> list:
+    """Nodes of exactly this class in the scene, in scene order (not subclasses such as label maps, which the
+    selectors do not list): the inputs a module selects by default when none is chosen yet."""
+    import slicer
+
+    return [node for node in slicer.util.getNodesByClass(className) if node.GetClassName() == className]
+
+
 def describeModule(parent, title: str, helpText: str, acknowledgement: str) -> None:
     """Fill a ScriptedLoadableModule's ``parent`` description (category, contributors, the
     research-use notice appended to the help text)."""
