@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 from ..core.enhance import EnhancementParameters
 from ..core.errors import InputError
 from ..core.longitudinal import MonitoringParameters
+from ..core.registration_parameters import RegistrationParameters
 from ..core.segment.parameters import SegmentationParameters
 from ..core.parameters import batch_columns, from_row
 from ..core.progress import atomic_output
@@ -201,11 +202,11 @@ def registerStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> di
     """``medanalysis register``: follow-up (moving) to baseline (fixed) -> transform + resampled follow-up."""
     from ..core.imageio import read_image, write_image
     from ..core.provenance import checksums_of, make_provenance
-    from ..core.register import RegistrationParameters, register_images, resample_moving, write_transform
+    from ..core.register import register_images, resample_moving, write_transform
 
     if "followup" not in inputs:
         raise InputError(case.input, "the register step needs a 'followup' column")
-    parameters = RegistrationParameters(preset=params.get("registration_preset") or "rigid", threads=workerThreads())
+    parameters = from_row(RegistrationParameters, params, threads=workerThreads())
     fixed, moving = read_image(inputs["image"]), read_image(inputs["followup"])
     masks = [read_image(inputs[key]) if key in inputs else None for key in ("brain_mask", "followup_brain_mask")]
     result = register_images(fixed, moving, parameters, fixed_mask=masks[0], moving_mask=masks[1],
@@ -254,7 +255,8 @@ STEPS: dict[str, BatchStep] = {
     "segment": BatchStep(segmentStep, columns=(*batch_columns(SegmentationParameters), "trusted"),
                          defaults={"model": "brain-tissue-lesion"}, usesGpu=True, hashedColumns={"model": modelSha256}),
     "brain-mask": BatchStep(brainMaskStep, columns=("device",), usesGpu=True),
-    "register": BatchStep(registerStep, columns=("registration_preset",), defaults={"registration_preset": "rigid"}),
+    "register": BatchStep(registerStep, columns=batch_columns(RegistrationParameters),
+                          defaults={"registration_preset": "rigid"}),
     "monitor": BatchStep(monitorStep, columns=batch_columns(MonitoringParameters),
                          defaults={"model": "brain-tissue-lesion", "registration_preset": "rigid"}, usesGpu=True,
                          hashedColumns={"model": modelSha256}),

@@ -14,8 +14,6 @@ ROTATION_SEARCH = {"deg": 90.0, "step_deg": 30.0}  # "--init moments+search": la
 
 
 def register(add) -> None:
-    from ..core.register_presets import METRICS, PRESETS
-
     parser = add("register", run, "register MOVING to FIXED (rigid, affine, B-spline) and resample it")
     parser.add_argument("fixed", metavar="FIXED")
     parser.add_argument("moving", metavar="MOVING")
@@ -23,30 +21,27 @@ def register(add) -> None:
                         help="the moving image resampled onto the fixed grid")
     parser.add_argument("--transform", metavar="OUT.tfm|.h5",
                         help="write the transform (fixed -> moving, LPS, ITK convention)")
-    parser.add_argument("--preset", default="rigid", metavar="|".join(PRESETS),
-                        help="stages to run (or a .json preset file); default rigid")
-    parser.add_argument("--metric", choices=METRICS, help="mi (Mattes mutual information, default), mse or ncc")
-    parser.add_argument("--init", default="moments", metavar="geometry|moments|FILE",
-                        help="initialization: image centres, centres of mass (default), or a transform file; "
-                             "append +search (e.g. moments+search) to also search large rotations")
     parser.add_argument("--fixed-mask", metavar="M", help="fixed mask: labelmap/volume file or .seg.nrrd")
     parser.add_argument("--moving-mask", metavar="M", help="moving mask: labelmap/volume file or .seg.nrrd")
-    parser.add_argument("--threads", type=int, metavar="N", help="worker threads (default: all cores)")
+    from ..core.parameters import add_arguments
+    from ..core.registration_parameters import RegistrationParameters  # light: built for every command
+
+    add_arguments(parser, RegistrationParameters)  # preset, metric, init, threads: from their one declaration
 
 
 def _parameters(args):
     from ..core.errors import InputError
-    from ..core.register import RegistrationParameters
+    from ..core.parameters import from_namespace
+    from ..core.registration_parameters import INITIALIZATIONS, RegistrationParameters
 
-    init, search = args.init, 0.0
-    if init.endswith("+search"):
-        init, search = init[: -len("+search")], ROTATION_SEARCH["deg"]
-        if init not in ("geometry", "moments", "identity"):
-            raise InputError("--init", f"'+search' needs geometry or moments before it, got '{args.init}'")
-    if args.threads is not None and args.threads < 1:
-        raise InputError("--threads", f"must be at least 1, got {args.threads}")
-    return RegistrationParameters(preset=args.preset, metric=args.metric, init=init, rotation_search_deg=search,
-                                  rotation_search_step_deg=ROTATION_SEARCH["step_deg"], threads=args.threads)
+    parameters = from_namespace(RegistrationParameters, args)
+    if parameters.init.endswith("+search"):  # the command line's shorthand for a rotation search
+        parameters.init = parameters.init[: -len("+search")]
+        if parameters.init not in INITIALIZATIONS[:2]:
+            raise InputError("init", f"'+search' needs geometry or moments before it, got '{args.init}'")
+        parameters.rotation_search_deg = ROTATION_SEARCH["deg"]
+        parameters.rotation_search_step_deg = ROTATION_SEARCH["step_deg"]
+    return parameters
 
 
 def _loadMask(path, scene, name):
@@ -71,7 +66,8 @@ def run(args) -> int:
         raise InputError(args.output, f"unsupported output extension '{output_suffix(args.output)}'")
     if args.transform:
         check_transform_path(args.transform)
-    initFile = args.init if args.init.split("+")[0] not in ("geometry", "moments", "identity") else None
+    init = args.init or "moments"
+    initFile = init if init.split("+")[0] not in ("geometry", "moments", "identity") else None
     check_output_paths([args.fixed, args.moving, args.fixed_mask, args.moving_mask, initFile],
                        [args.output, args.transform])
     parameters = _parameters(args)
@@ -98,7 +94,7 @@ def run(args) -> int:
         transform = mrml.sitkTransformFromNode(outputs.transformNode)
         written["transform"] = str(write_transform(transform, args.transform, provenance=record))
     result = {"operation": "register", "fixed": args.fixed, "moving": args.moving, "preset": parameters.preset,
-              "metric": outputs.qa["metric"], "init": args.init, "outputs": written, "qa": outputs.qa,
+              "metric": outputs.qa["metric"], "init": init, "outputs": written, "qa": outputs.qa,
               "seconds": round(time.perf_counter() - started, 3)}
 
     def human(r):

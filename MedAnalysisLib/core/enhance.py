@@ -210,7 +210,7 @@ def denoise(image: sitk.Image, method: str, p: EnhancementParameters) -> sitk.Im
         out = denoise_nl_means(array, patch_size=p.nlm_patch_size, patch_distance=p.nlm_patch_distance,
                                h=p.nlm_strength * sigma, sigma=sigma, fast_mode=True, preserve_range=True)
         return geometry.image_from_array(out.astype(np.float32), reference=image)
-    raise InputError("--denoise", f"unknown method '{method}'")
+    raise InputError("denoise", f"unknown method '{method}'")
 
 
 def estimate_noise_sigma(array: np.ndarray) -> float:
@@ -381,14 +381,14 @@ def normalize(image: sitk.Image, method: str, mask: sitk.Image, p: EnhancementPa
         out = (np.clip(array, low, high) - low) / (high - low)
     elif method == "histmatch":
         if reference is None:
-            raise InputError("--reference", "histogram matching needs a reference volume")
+            raise InputError("reference", "histogram matching needs a reference volume")
         matcher = sitk.HistogramMatchingImageFilter()
         matcher.SetNumberOfHistogramLevels(256)
         matcher.SetNumberOfMatchPoints(15)
         matcher.ThresholdAtMeanIntensityOn()
         return matcher.Execute(sitk.Cast(image, sitk.sitkFloat32), sitk.Cast(reference, sitk.sitkFloat32))
     else:
-        raise InputError("--normalize", f"unknown method '{method}'")
+        raise InputError("normalize", f"unknown method '{method}'")
     return geometry.image_from_array(out.astype(np.float32), reference=image)
 
 
@@ -439,7 +439,7 @@ def enhance_image(image: sitk.Image, parameters: EnhancementParameters, mask: Op
     if not steps:
         raise InputError(subject, "no enhancement step selected (choose a preset or at least one step)")
     if "normalize" in steps and p.normalize == "histmatch" and reference is None:
-        raise InputError("--reference", "histogram matching needs a reference volume")
+        raise InputError("reference", "histogram matching needs a reference volume")
     if reference is not None:
         check_input(reference, "reference", "histogram matching")
     if mask is not None:

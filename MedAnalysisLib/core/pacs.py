@@ -45,11 +45,11 @@ def parse_peer(text: str) -> Peer:
     """``AET@HOST:PORT`` (IPv6 host in brackets)."""
     match = re.fullmatch(r"(?P<aet>[^@]+)@(?P<host>\[[0-9A-Fa-f:.]+\]|[^:@\s]+):(?P<port>\d{1,5})", text or "")
     if not match:
-        raise InputError("--to", f"'{text}' is not AET@HOST:PORT")
+        raise InputError("peer", f"'{text}' is not AET@HOST:PORT")
     aet, host, port = match.group("aet").strip(), match.group("host").strip("[]"), int(match.group("port"))
     check_aet(aet, "--to")
     if not 0 < port < 65536:
-        raise InputError("--to", f"port {port} is not between 1 and 65535")
+        raise InputError("peer", f"port {port} is not between 1 and 65535")
     return Peer(aet, host, port)
 
 
@@ -351,7 +351,7 @@ class PacsClient:
         try:
             server = scp.start_server(("", int(port)), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
         except OSError as error:
-            raise InputError("--move-port", f"cannot listen on port {port} ({error.strerror})") from None
+            raise InputError("move port", f"cannot listen on port {port} ({error.strerror})") from None
         try:
             ae = self._ae()
             ae.add_requested_context(MoveModel)

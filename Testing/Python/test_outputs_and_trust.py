@@ -139,7 +139,7 @@ def test_several_outputs_are_published_together_or_not_at_all(tmp_path, volume, 
     (["enhance", "{src}", "-o", "{out}", "--spacing", "0.05,0.05,0.05"], ["spacing", "memory budget"]),
     (["enhance", "{src}", "-o", "{out}", "--spacing", "1e-300,1,1"], ["spacing", "memory budget"]),
     (["segment", "{src}", "-o", "{out}", "--threads", "-1", "--brain-mask", "off"], ["threads"]),
-    (["register", "{src}", "{src}", "-o", "{out}", "--threads", "-1"], ["--threads"]),
+    (["register", "{src}", "{src}", "-o", "{out}", "--threads", "-1"], ["threads"]),
 ])
 def test_parameters_that_would_exhaust_the_machine_are_refused_before_work(tmp_path, volume, command, words,
                                                                            monkeypatch):

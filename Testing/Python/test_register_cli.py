@@ -140,10 +140,10 @@ def test_diverged_optimization(files, tmp_path, capsys, existing):
 
 
 @pytest.mark.parametrize("extra,name,text", [
-    (["--preset", "warp"], "--preset", "unknown preset 'warp'"),
+    (["--preset", "warp"], "preset", "unknown preset 'warp'"),
     (["--init", "nowhere.tfm"], "nowhere.tfm", "initial transform file does not exist"),
-    (["--threads", "0"], "--threads", "must be at least 1"),
-    (["--init", "far.tfm+search"], "--init", "'+search' needs geometry or moments"),
+    (["--threads", "0"], "threads", "must be at least 1"),
+    (["--init", "far.tfm+search"], "init", "'+search' needs geometry or moments"),
 ])
 def test_bad_options(files, capsys, existing, extra, name, text):
     case, paths = files

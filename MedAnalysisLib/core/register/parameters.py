@@ -7,11 +7,10 @@ refuses image pairs that cannot be registered before any work starts.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,55 +19,12 @@ from .. import geometry
 from ..errors import InputError
 from ..register_presets import METRICS, PRESETS, STAGE_DEFAULTS, merge_optimizer, stage_with_defaults
 
-TRANSFORMS = ("rigid", "affine", "bspline")
-INITIALIZATIONS = ("geometry", "moments", "identity")
+from ..registration_parameters import INITIALIZATIONS, TRANSFORMS, RegistrationParameters  # noqa: F401
 _STAGE_KEYS = set(STAGE_DEFAULTS) | {"grid_spacing_mm", "grid_schedule", "description"}
 
 
 class RegistrationFailed(InputError):
     """The optimization did not improve the alignment (diverged or moved the images apart)."""
-
-
-@dataclasses.dataclass
-class RegistrationParameters:
-    """Everything one registration needs; shared by the panel, logic, CLI and batch.
-
-    Attributes:
-        preset: preset name (``rigid``, ``affine``, ``bspline``, ``rigid+affine+bspline``) or the
-            path of a JSON preset file with the same shape.
-        metric: ``mi`` | ``mse`` | ``ncc`` for every stage; None keeps the preset's (Mattes MI).
-        init: ``moments`` (centres of mass above the background, default), ``geometry`` (image
-            centres), ``identity``, or the path
-            of an ITK transform file (fixed -> moving, LPS) to start from.
-        rotation_search_deg: coarse exhaustive search over rotations of up to this many degrees
-            about each axis before the first stage (0: off); use for large rotations.
-        rotation_search_step_deg: step of that search (degrees).
-        fixed_landmarks_lps / moving_landmarks_lps: corresponding points (mm, LPS), at least 3;
-            when given they initialize the transform (rigid fit), replacing ``init``.
-        threads: worker threads (None: all cores).
-        overrides: per-stage changes, e.g. ``{"bspline": {"grid_spacing_mm": 15}, "all": {"histogram_bins": 50}}``.
-        seed: seed of the metric's sample points (results are reproducible).
-        interpolation: ``linear`` | ``bspline`` | ``nearest`` for the resampled output.
-        checkerboard / difference: also return a checkerboard / difference image for QA.
-    """
-
-    preset: str = "rigid"
-    metric: Optional[str] = None
-    init: str = "moments"
-    rotation_search_deg: float = 0.0
-    rotation_search_step_deg: float = 15.0
-    fixed_landmarks_lps: Optional[List[List[float]]] = None
-    moving_landmarks_lps: Optional[List[List[float]]] = None
-    threads: Optional[int] = None
-    overrides: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
-    seed: int = 20261125
-    interpolation: str = "linear"
-    checkerboard: bool = False
-    difference: bool = False
-
-    def stages(self) -> List[dict]:
-        """The preset's stages with defaults, ``metric`` and ``overrides`` applied."""
-        return resolve_stages(self)
 
 
 # --- presets -----------------------------------------------------------------------------------
@@ -88,7 +44,7 @@ def load_preset(name_or_path: str) -> dict:
         if not isinstance(preset, dict) or not isinstance(preset.get("stages"), list) or not preset["stages"]:
             raise InputError(path, "preset file needs a non-empty 'stages' list")
         return preset
-    raise InputError("--preset", f"unknown preset '{name_or_path}' (use one of {', '.join(PRESETS)} "
+    raise InputError("preset", f"unknown preset '{name_or_path}' (use one of {', '.join(PRESETS)} "
                                  "or a .json preset file)")
 
 
@@ -96,7 +52,7 @@ def resolve_stages(parameters: RegistrationParameters) -> List[dict]:
     """Stages of the preset with defaults, the metric choice and overrides applied, validated."""
     preset = load_preset(parameters.preset)
     if parameters.metric is not None and parameters.metric not in METRICS:
-        raise InputError("--metric", f"unknown metric '{parameters.metric}' (use {', '.join(METRICS)})")
+        raise InputError("metric", f"unknown metric '{parameters.metric}' (use {', '.join(METRICS)})")
     unknown = set(parameters.overrides) - set(TRANSFORMS) - {"all"}
     if unknown:
         raise InputError("overrides", f"unknown stage type(s) {sorted(unknown)} (use {', '.join(TRANSFORMS)} or 'all')")

@@ -44,7 +44,7 @@ def register_images(fixed: sitk.Image, moving: sitk.Image, parameters: Optional[
     started = time.perf_counter()
     threads = int(parameters.threads or os.cpu_count() or 1)
     if threads < 1:
-        raise InputError("--threads", f"must be at least 1, got {threads}")
+        raise InputError("threads", f"must be at least 1, got {threads}")
     previous_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     context = None

@@ -38,9 +38,9 @@ def select_device(requested: str) -> str:
     import torch
 
     if requested not in ("auto", "cpu", "cuda"):
-        raise InputError("--device", f"unknown device '{requested}' (use auto|cpu|cuda)")
+        raise InputError("device", f"unknown device '{requested}' (use auto|cpu|cuda)")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device", "CUDA was requested but no CUDA GPU is available")
+        raise InputError("device", "CUDA was requested but no CUDA GPU is available")
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested

@@ -52,7 +52,7 @@ def catalog_entry(models_dir: Path, name: str) -> dict:
         if entry["name"] == name:
             return entry
     known = ", ".join(e["name"] for e in catalog.get("models", []))
-    raise InputError("--model", f"unknown model '{name}' (catalog has: {known}; or give a file path)")
+    raise InputError("model", f"unknown model '{name}' (catalog has: {known}; or give a file path)")
 
 
 def verify_catalog(models_dir: Path) -> list[dict]:
