@@ -4,7 +4,6 @@ its own headless scene), the :data:`STEPS` registry and :data:`STEP_ORDER`."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from pathlib import Path
@@ -13,10 +12,10 @@ from typing import Callable, Sequence
 from ..core.enhance import EnhancementParameters
 from ..core.errors import InputError
 from ..core.longitudinal import MonitoringParameters
+from ..core.brain_parameters import BrainExtractionParameters
 from ..core.registration_parameters import RegistrationParameters
 from ..core.segment.parameters import SegmentationParameters
 from ..core.parameters import batch_columns, from_row
-from ..core.progress import atomic_output
 from .fingerprint import modelSha256
 from .manifest import CaseSpec, parseFlag
 
@@ -82,23 +81,6 @@ def _images(inputs: dict) -> list[tuple[str, str]]:
     return [(artifact, prefix) for artifact, prefix in (("image", ""), ("followup", "followup_")) if artifact in inputs]
 
 
-def _eachImage(inputs: dict, logicClass):
-    """(file prefix, logic, input volume node) for the baseline and the follow-up, each in a fresh
-    scene cleared afterwards; one logic object serves both, so a loaded network is loaded once."""
-    from .. import mrml
-
-    logic = None
-    for artifact, prefix in _images(inputs):
-        scene = mrml.newScene()
-        try:
-            if logic is None:
-                logic = logicClass(scene)
-            logic.scene = scene
-            yield prefix, logic, mrml.loadVolumeNode(inputs[artifact], scene, name=artifact)
-        finally:
-            scene.Clear(1)
-
-
 def importStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dict:
     """``medanalysis import``: DICOM folder / ZIP / DICOMDIR or image file -> ``image.nii.gz``."""
     from ..core.dicom_import import ImportParameters, import_to_files
@@ -124,102 +106,90 @@ def enhancementParameters(params: dict):
 
 def enhanceStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dict:
     """``medanalysis enhance``: the enhancement pipeline -> ``enhanced.nii.gz``."""
-    from .. import mrml
-    from ..core.imageio import write_image
-    from ..logic.enhancementlogic import EnhancementLogic
+    from ..workflows import enhanceFile
 
     parameters = enhancementParameters(params)
     outputs = {}
     for artifact, prefix in _images(inputs):
-        scene = mrml.newScene()
-        try:
-            inputNode = mrml.loadVolumeNode(inputs[artifact], scene, name=artifact)
-            result = EnhancementLogic(scene).enhance(inputNode, parameters)
-            record = mrml.getProvenance(result.outputVolumeNode)
-            path = write_image(mrml.imageFromVolumeNode(result.outputVolumeNode), outDir / f"{prefix}enhanced.nii.gz",
-                               provenance=record)
-        finally:
-            scene.Clear(1)
-        outputs[artifact] = str(path)
+        result = enhanceFile(inputs[artifact], outDir / f"{prefix}enhanced.nii.gz", parameters)
+        outputs[artifact] = result["outputs"]["output"]
     return {"outputs": outputs, "metrics": {}}
+
+
+def _reusedLogic(logicClass):
+    """One logic object for the baseline and the follow-up (a loaded network is loaded once),
+    each image in a fresh scene cleared afterwards."""
+    from .. import mrml
+
+    logic = logicClass(mrml.newScene())
+
+    def each():
+        scene = mrml.newScene()
+        logic.scene = scene
+        return scene
+
+    return logic, each
 
 
 def segmentStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dict:
     """``medanalysis segment``: model segmentation -> ``segmentation.seg.nrrd`` and volumes (ml)."""
-    import numpy as np
-
-    from .. import mrml
-    from ..core import geometry
-    from ..core.provenance import sidecar_path
-    from ..logic.segmentationlogic import SegmentationLogic, SegmentationParameters
+    from ..logic.segmentationlogic import SegmentationLogic
+    from ..workflows import segmentFile
 
     # trusted: only from the operator (batch --set trusted=1; the manifest refuses the column)
     parameters = from_row(SegmentationParameters, params, trusted=parseFlag(params.get("trusted"), "trusted"),
                           threads=workerThreads()).validate()
+    logic, fresh = _reusedLogic(SegmentationLogic)
     outputs, metrics = {}, {}
-    for prefix, logic, inputNode in _eachImage(inputs, SegmentationLogic):
-        maskFile = inputs.get(f"{prefix}brain_mask")  # from the brain-mask step, when it ran
-        maskNode = mrml.loadVolumeNode(maskFile, logic.scene, name="brain", labelmap=True) if maskFile else None
-        result = logic.segment(inputNode, parameters, brainMaskNode=maskNode)
-        path = outDir / f"{prefix}segmentation.seg.nrrd"
-        mrml.saveSegmentation(result.segmentationNode, path)
-        record = mrml.getProvenance(result.segmentationNode)
-        with atomic_output(sidecar_path(path)) as tmp:
-            tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-        labels = mrml.labelmapFromSegmentationNode(result.segmentationNode,
-                                                   referenceImage=mrml.imageFromVolumeNode(inputNode))
-        counts = np.bincount(geometry.array_view(labels).ravel().astype(np.int64))
-        voxelMl = float(np.prod(labels.GetSpacing())) / 1000.0
-        for spec in mrml.segmentSpecs(result.segmentationNode):
-            key = re.sub(r"[^a-z0-9]+", "_", spec.name.lower()).strip("_")
-            count = int(counts[spec.label]) if spec.label < counts.size else 0
-            metrics[f"{prefix}{key}_ml"] = round(count * voxelMl, 3)
-        metrics["segment_device"] = result.device
-        outputs[f"{prefix}segmentation"] = str(path)
+    for artifact, prefix in _images(inputs):
+        scene = fresh()
+        try:  # the brain mask from the brain-mask step, when it ran
+            result = segmentFile(inputs[artifact], outDir / f"{prefix}segmentation.seg.nrrd", parameters,
+                                 brainMaskPath=inputs.get(f"{prefix}brain_mask"), logic=logic)
+        finally:
+            scene.Clear(1)
+        for segment in result["segments"]:
+            key = re.sub(r"[^a-z0-9]+", "_", segment["name"].lower()).strip("_")
+            metrics[f"{prefix}{key}_ml"] = segment["volume_ml"]
+        metrics["segment_device"] = result["device"]
+        outputs[f"{prefix}segmentation"] = result["outputs"]["segmentation"]
     return {"outputs": outputs, "metrics": metrics}
 
 
 def brainMaskStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dict:
     """``medanalysis brain-mask``: deepbet brain extraction -> ``brain_mask.nii.gz`` (used by the
     register and segment steps that follow) and the brain volume (mL)."""
-    from .. import mrml
-    from ..core.imageio import write_image
-    from ..logic.brainlogic import BrainExtractionLogic, BrainExtractionParameters
+    from ..logic.brainlogic import BrainExtractionLogic
+    from ..workflows import brainMaskFile
 
-    parameters = BrainExtractionParameters(device=params.get("device") or "auto").validate()
+    parameters = from_row(BrainExtractionParameters, params).validate()
+    logic, fresh = _reusedLogic(BrainExtractionLogic)
     outputs, metrics = {}, {}
-    for prefix, logic, inputNode in _eachImage(inputs, BrainExtractionLogic):
-        result = logic.extractBrain(inputNode, parameters)
-        mask = BrainExtractionLogic.maskImage(result.segmentationNode, mrml.imageFromVolumeNode(inputNode))
-        path = write_image(mask, outDir / f"{prefix}brain_mask.nii.gz",
-                           provenance=mrml.getProvenance(result.segmentationNode))
-        outputs[f"{prefix}brain_mask"] = str(path)
-        metrics[f"{prefix}brain_volume_ml"] = round(result.volumeMl, 2)
+    for artifact, prefix in _images(inputs):
+        scene = fresh()
+        try:
+            result = brainMaskFile(inputs[artifact], outDir / f"{prefix}brain_mask.nii.gz", parameters, logic=logic)
+        finally:
+            scene.Clear(1)
+        outputs[f"{prefix}brain_mask"] = result["outputs"]["mask"]
+        metrics[f"{prefix}brain_volume_ml"] = result["brain_volume_ml"]
     return {"outputs": outputs, "metrics": metrics}
 
 
 def registerStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dict:
     """``medanalysis register``: follow-up (moving) to baseline (fixed) -> transform + resampled follow-up."""
-    from ..core.imageio import read_image, write_image
-    from ..core.provenance import checksums_of, make_provenance
-    from ..core.register import register_images, resample_moving, write_transform
+    from ..workflows import registerFiles
 
     if "followup" not in inputs:
         raise InputError(case.input, "the register step needs a 'followup' column")
     parameters = from_row(RegistrationParameters, params, threads=workerThreads())
-    fixed, moving = read_image(inputs["image"]), read_image(inputs["followup"])
-    masks = [read_image(inputs[key]) if key in inputs else None for key in ("brain_mask", "followup_brain_mask")]
-    result = register_images(fixed, moving, parameters, fixed_mask=masks[0], moving_mask=masks[1],
-                             subjects={"fixed": inputs["image"], "moving": inputs["followup"]})
-    record = make_provenance("register", parameters, checksums_of([inputs["image"], inputs["followup"]]))
-    transformPath = write_transform(result.transform, outDir / ("followup_to_baseline.tfm" if result.is_linear
-                                                                 else "followup_to_baseline.h5"), provenance=record)
-    resampled = write_image(resample_moving(moving, fixed, result.transform), outDir / "followup_registered.nii.gz",
-                            provenance=record)
-    summary = result.summary()
-    return {"outputs": {"transform": str(transformPath), "followup_registered": str(resampled)},
-            "metrics": {"registration_final_metric": summary["final_metric"],
-                        "registration_seconds": summary["seconds"]}}
+    result = registerFiles(inputs["image"], inputs["followup"], outDir / "followup_registered.nii.gz", parameters,
+                           transformPath=outDir / "followup_to_baseline.auto",  # .tfm when linear, else .h5
+                           fixedMaskPath=inputs.get("brain_mask"), movingMaskPath=inputs.get("followup_brain_mask"))
+    return {"outputs": {"transform": result["outputs"]["transform"],
+                        "followup_registered": result["outputs"]["resampled"]},
+            "metrics": {"registration_final_metric": result["qa"]["final_metric"],
+                        "registration_seconds": result["qa"]["seconds"]}}
 
 
 def monitorStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dict:
@@ -254,7 +224,7 @@ STEPS: dict[str, BatchStep] = {
     "enhance": BatchStep(enhanceStep, columns=batch_columns(EnhancementParameters), defaults={"preset": "mri-brain-t1"}),
     "segment": BatchStep(segmentStep, columns=(*batch_columns(SegmentationParameters), "trusted"),
                          defaults={"model": "brain-tissue-lesion"}, usesGpu=True, hashedColumns={"model": modelSha256}),
-    "brain-mask": BatchStep(brainMaskStep, columns=("device",), usesGpu=True),
+    "brain-mask": BatchStep(brainMaskStep, columns=batch_columns(BrainExtractionParameters), usesGpu=True),
     "register": BatchStep(registerStep, columns=batch_columns(RegistrationParameters),
                           defaults={"registration_preset": "rigid"}),
     "monitor": BatchStep(monitorStep, columns=batch_columns(MonitoringParameters),

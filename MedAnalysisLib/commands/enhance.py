@@ -3,8 +3,6 @@ resampling, as one pipeline (presets or individual steps)."""
 
 from __future__ import annotations
 
-import time
-
 from ..cli import EXIT_OK, StderrProgress, emit
 
 
@@ -23,13 +21,10 @@ def register(add) -> None:
 
 
 def run(args) -> int:
-    from .. import mrml
     from ..core.enhance import PRESETS, EnhancementParameters
     from ..core.errors import InputError
-    from ..core.imageio import IMAGE_SUFFIXES, check_output_paths, write_image
     from ..core.parameters import from_namespace
-    from ..core.progress import output_suffix
-    from ..logic.enhancementlogic import EnhancementLogic
+    from ..workflows import enhanceFile
 
     if args.list_presets:
         emit({"presets": {k: v["description"] for k, v in PRESETS.items()}}, args.json,
@@ -37,36 +32,9 @@ def run(args) -> int:
         return EXIT_OK
     if not args.input or not args.output:
         raise InputError(None, "enhance needs IN and -o OUT")
-    for path in (args.output, args.bias_field_output):
-        if path and output_suffix(path) not in IMAGE_SUFFIXES:
-            raise InputError(path, f"unsupported output extension '{output_suffix(path)}'")
     parameters = from_namespace(EnhancementParameters, args)
-    parameters.with_preset().validate()
-    check_output_paths([args.input, args.mask, args.reference], [args.output, args.bias_field_output])
-    if args.bias_field_output and not parameters.with_preset().bias_correct:
-        raise InputError("--bias-field-output", "no bias field without bias correction: add --bias-correct")
-    started = time.perf_counter()
-    scene = mrml.newScene()
-    inputNode = mrml.loadVolumeNode(args.input, scene, name="input")
-    maskNode = None
-    if args.mask:
-        maskNode = (mrml.loadSegmentation(args.mask, scene) if args.mask.lower().endswith(".seg.nrrd")
-                    else mrml.loadVolumeNode(args.mask, scene, name="mask", labelmap=True))
-    referenceNode = mrml.loadVolumeNode(args.reference, scene, name="reference") if args.reference else None
-    logic = EnhancementLogic(scene)
-    outputs = logic.enhance(inputNode, parameters, maskNode=maskNode, referenceVolumeNode=referenceNode,
-                            biasFieldOutput=bool(args.bias_field_output), progress=StderrProgress(args.json))
-    record = mrml.getProvenance(outputs.outputVolumeNode)
-    written = {"output": str(write_image(mrml.imageFromVolumeNode(outputs.outputVolumeNode), args.output,
-                                         provenance=record))}
-    if args.bias_field_output:
-        if outputs.biasFieldNode is None:
-            raise InputError("--bias-field-output", "no bias field: add --bias-correct")
-        written["bias_field"] = str(write_image(mrml.imageFromVolumeNode(outputs.biasFieldNode),
-                                                args.bias_field_output, provenance=record))
-    result = {"operation": "enhance", "input": args.input, "outputs": written, "steps": outputs.steps,
-              "seconds": {**outputs.seconds, "total": round(time.perf_counter() - started, 3)},
-              "parameters": record["parameters"]}
+    result = enhanceFile(args.input, args.output, parameters, maskPath=args.mask, referencePath=args.reference,
+                         biasFieldPath=args.bias_field_output, progress=StderrProgress(args.json))
     emit(result, args.json, lambda r: "\n".join([f"enhanced {r['input']}: {' -> '.join(r['steps'])}",
                                                  *(f"  wrote {v}" for v in r["outputs"].values()),
                                                  f"  {r['seconds']['total']} s"]))

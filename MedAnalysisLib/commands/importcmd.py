@@ -16,25 +16,17 @@ def register(add) -> None:
     parser.add_argument("source", metavar="SRC", help="folder (searched recursively), ZIP archive, DICOMDIR or file")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output image (.nii, .nii.gz, .nrrd, .mha); several volumes go to OUT_<series>.ext")
-    parser.add_argument("--series", default="", metavar="UID",
-                        help="SeriesInstanceUID (or volume id UID#n) to import; default: every series")
-    parser.add_argument("--anonymize", action="store_true",
-                        help="de-identify (DICOM PS3.15 Annex E basic profile, modified dates option)")
-    parser.add_argument("--export-dicom", default="", metavar="DIR",
-                        help="with --anonymize: also write the de-identified DICOM files under DIR")
-    parser.add_argument("--deid-key", default="", metavar="FILE",
-                        help="with --anonymize: key file for pseudonyms and UIDs (created when missing; keep it "
-                             "private); the same key gives the same pseudonyms in later runs and in export-dicom")
-    parser.add_argument("--no-regularize", action="store_true",
-                        help="keep gantry-tilted / unevenly spaced stacks as acquired (approximate geometry)")
+    from ..core.import_parameters import ImportParameters  # light: the parser is built for every command
+    from ..core.parameters import add_arguments
+
+    add_arguments(parser, ImportParameters)  # series, anonymize, regularize, export-dicom, deid-key
 
 
 def run(args) -> int:
     from ..core.dicom_import import ImportParameters, import_to_files
+    from ..core.parameters import from_namespace
 
-    parameters = ImportParameters(series_uid=args.series, anonymize=args.anonymize,
-                                  regularize_geometry=not args.no_regularize, export_dicom_dir=args.export_dicom,
-                                  deid_key=args.deid_key)
+    parameters = from_namespace(ImportParameters, args).validate()
     result = import_to_files(args.source, args.output, parameters, progress=StderrProgress(args.json))
     emit(result, args.json, describe)
     return EXIT_OK

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from ..cli import EXIT_OK, StderrProgress, emit

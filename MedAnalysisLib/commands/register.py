@@ -6,8 +6,6 @@ transform (fixed -> moving, LPS; ``.tfm`` or ``.h5``) that SimpleITK and Slicer 
 
 from __future__ import annotations
 
-import time
-
 from ..cli import EXIT_OK, StderrProgress, emit
 
 ROTATION_SEARCH = {"deg": 90.0, "step_deg": 30.0}  # "--init moments+search": large rotations
@@ -44,58 +42,14 @@ def _parameters(args):
     return parameters
 
 
-def _loadMask(path, scene, name):
-    from .. import mrml
-
-    if path is None:
-        return None
-    if str(path).lower().endswith(".seg.nrrd"):
-        return mrml.loadSegmentation(path, scene, name=name)
-    return mrml.loadVolumeNode(path, scene, name=name, labelmap=True)
-
-
 def run(args) -> int:
-    from .. import mrml
-    from ..core.errors import InputError
-    from ..core.imageio import IMAGE_SUFFIXES, check_output_paths, write_image
-    from ..core.progress import output_suffix
-    from ..core.register import check_file_dimensions, check_transform_path, resolve_stages, write_transform
-    from ..logic.registrationlogic import RegistrationLogic
+    from ..workflows import registerFiles
 
-    if output_suffix(args.output) not in IMAGE_SUFFIXES or output_suffix(args.output) == ".seg.nrrd":
-        raise InputError(args.output, f"unsupported output extension '{output_suffix(args.output)}'")
-    if args.transform:
-        check_transform_path(args.transform)
-    init = args.init or "moments"
-    initFile = init if init.split("+")[0] not in ("geometry", "moments", "identity") else None
-    check_output_paths([args.fixed, args.moving, args.fixed_mask, args.moving_mask, initFile],
-                       [args.output, args.transform])
     parameters = _parameters(args)
-    resolve_stages(parameters)  # a bad preset or metric fails before any image is read
-    check_file_dimensions(args.fixed, args.moving)  # volume nodes would turn a 2-D image into one slice
-    started = time.perf_counter()
-    scene = mrml.newScene()
-    fixedNode = mrml.loadVolumeNode(args.fixed, scene, name="fixed")
-    movingNode = mrml.loadVolumeNode(args.moving, scene, name="moving")
-    fixedMaskNode = _loadMask(args.fixed_mask, scene, "fixed_mask")
-    movingMaskNode = _loadMask(args.moving_mask, scene, "moving_mask")
-    # error messages name the files, not the node names
-    for node, path in ((fixedNode, args.fixed), (movingNode, args.moving), (fixedMaskNode, args.fixed_mask),
-                       (movingMaskNode, args.moving_mask)):
-        if node is not None:
-            node.SetName(str(path))
-    logic = RegistrationLogic(scene)
-    outputs = logic.register(fixedNode, movingNode, parameters, fixedMaskNode=fixedMaskNode,
-                             movingMaskNode=movingMaskNode, progress=StderrProgress(args.json))
-    record = mrml.getProvenance(outputs.transformNode)
-    written = {"resampled": str(write_image(mrml.imageFromVolumeNode(outputs.resampledVolumeNode), args.output,
-                                            provenance=record))}
-    if args.transform:
-        transform = mrml.sitkTransformFromNode(outputs.transformNode)
-        written["transform"] = str(write_transform(transform, args.transform, provenance=record))
-    result = {"operation": "register", "fixed": args.fixed, "moving": args.moving, "preset": parameters.preset,
-              "metric": outputs.qa["metric"], "init": init, "outputs": written, "qa": outputs.qa,
-              "seconds": round(time.perf_counter() - started, 3)}
+    result = registerFiles(args.fixed, args.moving, args.output, parameters, transformPath=args.transform,
+                           fixedMaskPath=args.fixed_mask, movingMaskPath=args.moving_mask,
+                           progress=StderrProgress(args.json))
+    result["init"] = args.init or result["init"]
 
     def human(r):
         qa = r["qa"]

@@ -32,6 +32,7 @@ from . import dicom
 from .dicom_archive import ArchiveLimits, SourceFiles, open_source
 from .dicom_deid import Deidentifier
 from .errors import InputError
+from .import_parameters import ImportParameters  # noqa: F401 (re-exported)
 from .progress import CancelToken, ProgressCallback, ProgressReporter, atomic_outputs, output_suffix
 
 IMAGE_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -48,40 +49,6 @@ METADATA_KEYWORDS = (
     "SequenceName", "ImageType", "PhotometricInterpretation", "RescaleType", "Units", "ContrastBolusAgent",
 )
 _NEVER = {"PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "PatientAddress", "AccessionNumber"}
-
-
-@dataclasses.dataclass
-class ImportParameters:
-    """Parameters of an import, shared by the panel, the logic, the CLI and batch runs.
-
-    Attributes:
-        series_uid: load only this SeriesInstanceUID, or one volume of it ("UID#2"), or an image
-            file's name as ``scan`` lists it; "" loads every series found.
-        anonymize: de-identify (DICOM PS3.15 Annex E basic profile): names from modality and
-            series number, UIDs replaced, dates shifted, no descriptions or identifiers.
-        regularize_geometry: resample gantry-tilted or unevenly spaced stacks onto a regular grid
-            (otherwise they load with approximate geometry and a warning).
-        export_dicom_dir: with ``anonymize``, also write each loaded series' de-identified DICOM
-            files under this folder (one sub-folder per series).
-        deid_key: with ``anonymize``, a key file (created when missing) from which pseudonyms, the
-            UID map and the date shift derive, so that later runs (another time point,
-            ``export-dicom --anonymize`` of a DICOM SEG) give the same ones; "" for a random key
-            per run.
-    """
-
-    series_uid: str = ""
-    anonymize: bool = False
-    regularize_geometry: bool = True
-    export_dicom_dir: str = ""
-    deid_key: str = ""
-
-    def deidentifier(self, default: Optional[Deidentifier] = None) -> Optional[Deidentifier]:
-        """The de-identifier these parameters ask for (from the key file), else ``default``."""
-        if self.deid_key and not self.anonymize:
-            raise InputError(self.deid_key, "a de-identification key is only used with --anonymize")
-        if self.deid_key:
-            return Deidentifier.from_key_file(self.deid_key, create=True)
-        return default
 
 
 @dataclasses.dataclass
@@ -401,7 +368,6 @@ class ImportSession:
 
         report = report or ProgressReporter()
         volume = item.volume
-        series = volume.series
         folder = Path(folder)
         name = export_folder_name(item)
         target = folder / name
@@ -527,9 +493,7 @@ def import_to_files(source: "str | os.PathLike", output: "str | os.PathLike",
     if output_suffix(output) not in OUTPUT_SUFFIXES:
         raise InputError(output, f"unsupported output extension '{output_suffix(output)}' "
                                  f"(use one of {', '.join(OUTPUT_SUFFIXES)})")
-    if parameters.export_dicom_dir and not parameters.anonymize:
-        raise InputError(parameters.export_dicom_dir, "DICOM export is only offered with --anonymize")
-    deidentifier = parameters.deidentifier(deidentifier)
+    deidentifier = parameters.deidentifier(deidentifier)  # also validates the parameters
     started = time.perf_counter()
     timings = {}
     report = ProgressReporter(progress, cancel)

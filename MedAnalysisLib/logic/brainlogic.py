@@ -11,23 +11,8 @@ from ..core import brain
 from ..core.errors import InputError
 from ..core.labels import BRAIN_SEGMENT
 from ..core.progress import CancelToken, ProgressCallback
+from ..core.brain_parameters import BrainExtractionParameters  # noqa: F401 (re-exported)
 from .base import LogicBase
-
-
-@dataclasses.dataclass
-class BrainExtractionParameters:
-    """Brain extraction settings (shared by panel, logic, CLI and batch)."""
-
-    device: str = "auto"         # auto | cpu | cuda
-    threshold: float = 0.5       # brain probability a voxel needs to be in the mask
-    maskedVolume: bool = False   # also output the input with everything outside the brain set to its minimum
-
-    def validate(self) -> "BrainExtractionParameters":
-        if not 0.0 < self.threshold < 1.0:
-            raise InputError("threshold", f"must be in (0, 1), got {self.threshold}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise InputError("device", f"unknown device '{self.device}' (use auto, cpu or cuda)")
-        return self
 
 
 @dataclasses.dataclass

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "Testing" / "Python"))
 
 
 def make_series(folder: Path, slices: int) -> None:
-    from test_import_dicomgen import phantom_volume, write_slices
+    from helpers.dicomgen import phantom_volume, write_slices
 
     volume = phantom_volume((slices, 512, 512))
     stored = (volume.astype(np.int32) + 1024).astype(np.int16)

@@ -1,7 +1,7 @@
 """Benchmark: MedAnalysis registration vs elastix (Debian package, 5.0.1) on the same inputs.
 
-Cases (a) rigid, (b) affine and (c) deformable from Testing/Python/registration_cases.py, at full
-resolution (1 mm, 197 x 233 x 189), each engine run ``--repeat`` times, interleaved so both see the
+Cases (a) rigid, (b) affine and (c) deformable from Testing/Python/helpers/registration_cases.py, at
+full resolution (1 mm, 197 x 233 x 189), each engine run ``--repeat`` times, interleaved so both see the
 same machine load; both sample at random, so repetition r uses the seed 20261125 + 1000 r for both
 (elastix: ``RandomSeed``). Prints one JSON object: per case both times (median wall seconds from the
 image files to a written transform, and CPU seconds), the ratio ours / elastix, and both target
@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
 from MedAnalysisLib.core import register as reg  # noqa: E402
-from registration_cases import make_case  # noqa: E402
+from helpers.registration_cases import make_case  # noqa: E402
 
 PRESET_OF = {"rigid": "rigid", "affine": "affine", "deformable": "bspline"}
 THREADS = 2

@@ -26,7 +26,7 @@ import psutil
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO
+from helpers.paths import REPO, TESTS
 from MedAnalysisLib import batch
 from MedAnalysisLib.core.errors import InputError, OperationCancelled
 from MedAnalysisLib.core.progress import CancelToken
@@ -34,6 +34,8 @@ from MedAnalysisLib.core.progress import CancelToken
 WAIT_S = 90.0
 # the Dask dashboard needs bokeh (dask[diagnostics]); without it the batch says it is not available
 DASHBOARD = "http://" if importlib.util.find_spec("bokeh") else "not available"
+# case.json metrics of the segment step (one per brain tissue segment present)
+TISSUE_VOLUME_KEYS = ("cerebrospinal_fluid_ml", "gray_matter_ml", "white_matter_ml", "lesion_ml")
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -107,9 +109,14 @@ def check_case(out: Path, case_id: str, source: Path) -> dict:
     original = sitk.ReadImage(str(source))
     assert enhanced.GetSize() == original.GetSize()
     assert np.allclose(enhanced.GetOrigin(), original.GetOrigin(), atol=1e-3)
-    labels = labels_of(folder / "segmentation.seg.nrrd")
+    segmentation = sitk.ReadImage(str(folder / "segmentation.seg.nrrd"))
+    labels = sitk.GetArrayFromImage(segmentation)
     assert labels.size > 0 and labels.max() >= 1
-    assert record["metrics"]["gray_matter_ml"] >= 0
+    # the tissue volumes in case.json are the labelled voxels of the written segmentation
+    volumes = {k: v for k, v in record["metrics"].items() if k in TISSUE_VOLUME_KEYS}
+    assert volumes, record["metrics"]
+    voxel_ml = float(np.prod(segmentation.GetSpacing())) / 1000.0
+    assert sum(volumes.values()) == pytest.approx(np.count_nonzero(labels) * voxel_ml, abs=0.01), volumes
     assert json.loads((folder / "segmentation.seg.nrrd.provenance.json").read_text())["operation"] == "segment"
     return record
 
@@ -127,7 +134,7 @@ def hold_step(case, inputs, params, outDir):
 
 def registry_with_hold():
     """The batch steps plus ``hold`` (workers import it from this module: LocalCluster workers
-    inherit sys.path, the external cluster gets Testing/Python on its PYTHONPATH)."""
+    inherit sys.path, the external cluster gets this folder and Testing/Python on its PYTHONPATH)."""
     return {"hold": batch.BatchStep(hold_step, columns=("hold", "markers")), **batch.STEPS}
 
 
@@ -332,7 +339,8 @@ def external_cluster(tmp_path_factory):
     from distributed import Client
 
     folder = tmp_path_factory.mktemp("cluster")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(Path(__file__).parent)]))
+    # workers unpickle hold_step from this module (test_batch) and it imports helpers: both folders
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(Path(__file__).parent), str(TESTS)]))
     scheduler_file = folder / "scheduler.json"
     processes = [subprocess.Popen(_dask_command("scheduler") + ["--host", "127.0.0.1", "--port", "0",
                                   "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(scheduler_file)],
@@ -434,14 +442,17 @@ def test_cli_bad_cases_against_external_scheduler(tmp_path, data, external_clust
     assert report["counts"] == {"ok": 1, "failed": 2, "skipped": 0}
     assert f"dask dashboard: {DASHBOARD}" in result.stderr
     summary = read_summary(out)
-    assert summary["good"]["status"] == "ok" and float(summary["good"]["white_matter_ml"]) >= 0
+    assert summary["good"]["status"] == "ok"
     assert summary["missing"]["status"] == "failed"
     assert "missing.nii.gz" in summary["missing"]["error"] and "does not exist" in summary["missing"]["error"]
     assert summary["corrupt"]["status"] == "failed" and summary["corrupt"]["error"].startswith("enhance: ")
     assert "corrupt.nii.gz" in summary["corrupt"]["error"] and "not a readable image" in summary["corrupt"]["error"]
     assert json.loads((out / "corrupt" / "case.json").read_text())["fingerprint"] == "old"
     assert not (out / "missing").exists()
-    check_case(out, "good", data / "b.nii.gz")
+    good = check_case(out, "good", data / "b.nii.gz")
+    volumes = {k: v for k, v in good["metrics"].items() if k in TISSUE_VOLUME_KEYS}
+    assert "white_matter_ml" in volumes    # summary.csv carries the case's own metrics
+    assert {k: float(summary["good"][k]) for k in volumes} == pytest.approx(volumes)
     # the same command again: the good case is reused, the bad ones fail again the same way
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert again.returncode == 3 and json.loads(again.stdout)["counts"] == {"ok": 0, "failed": 2, "skipped": 1}

@@ -17,8 +17,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from conftest import REPO
-from test_import_dicomgen import write_slices
+from helpers.dicomgen import write_slices
+from helpers.paths import REPO
 from MedAnalysisLib.core.dicom_deid import Deidentifier, annex_e_table, profile_action
 
 MARKER_UID_ROOT = "1.2.826.0.1.3680043.9.7777"

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO
+from helpers.paths import REPO
 from MedAnalysisLib import cli
-from registration_cases import make_case
+from helpers.registration_cases import make_case
 
 
 @pytest.fixture(scope="module")

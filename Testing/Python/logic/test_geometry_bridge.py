@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_oblique_image
+from helpers.images import make_oblique_image
 from MedAnalysisLib import mrml
 from MedAnalysisLib.core import geometry
 from MedAnalysisLib.core.errors import InputError

@@ -13,7 +13,7 @@ from MedAnalysisLib.core import register as reg
 from MedAnalysisLib.core.errors import InputError, OperationCancelled
 from MedAnalysisLib.core.progress import CancelToken
 from MedAnalysisLib.logic.registrationlogic import RegistrationLogic, RegistrationParameters
-from registration_cases import make_case
+from helpers.registration_cases import make_case
 
 # Lighter pyramids than the presets: these tests check geometry and plumbing, not accuracy
 # (test_register_core.py checks accuracy with the presets themselves).

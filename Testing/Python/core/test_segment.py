@@ -13,7 +13,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import REPO, make_oblique_image
+from helpers.images import make_oblique_image
+from helpers.paths import REPO
+from helpers.tiny_model import tiny_config
 from MedAnalysisLib import mrml
 from MedAnalysisLib.core import geometry
 from MedAnalysisLib.core.errors import InputError
@@ -21,14 +23,6 @@ from MedAnalysisLib.core.segment import models, netconfig
 from MedAnalysisLib.core.segment.engine import segment_image
 from MedAnalysisLib.core.segment.parameters import SegmentationParameters
 from MedAnalysisLib.logic.segmentationlogic import SegmentationLogic, SegmentationParameters
-
-
-def tiny_config():
-    config = netconfig.default_config()
-    # batch norm in eval mode: no per-window statistics, so window placement barely matters
-    config["network"]["args"].update(channels=[4, 8], strides=[2], num_res_units=0, norm="BATCH")
-    config["inference"]["roi_size"] = [32, 32, 32]
-    return config
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO
+from helpers.paths import REPO
 from MedAnalysisLib.core import imageio
 from MedAnalysisLib.core.errors import InputError
 

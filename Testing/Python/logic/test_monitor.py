@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO
+from helpers.paths import REPO
 from MedAnalysisLib import mrml, resources
 from Training import phantom
 from MedAnalysisLib.core.errors import InputError

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from test_import_dicomgen import oblique_mni, write_image_series, write_slices
+from helpers.dicomgen import oblique_mni, write_image_series, write_slices
 from MedAnalysisLib import mrml
 from MedAnalysisLib.core import geometry
 from MedAnalysisLib.core.errors import OperationCancelled

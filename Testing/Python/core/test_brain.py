@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO, make_oblique_image
+from helpers.images import make_oblique_image
+from helpers.paths import REPO
 from MedAnalysisLib import mrml
 from MedAnalysisLib.core import brain, geometry
 from MedAnalysisLib.core.errors import InputError
@@ -166,7 +167,7 @@ def test_bad_parameters_are_refused():
 
 def test_segmentation_stays_inside_a_given_brain_mask(scene, rng):
     """A brain mask given to the segmentation logic: no label outside it, the rest unchanged in kind."""
-    from test_segment import tiny_config  # the tiny random network of the segmentation tests
+    from helpers.tiny_model import tiny_config  # the tiny random network of the segmentation tests
     from MedAnalysisLib.core.segment import netconfig
     from MedAnalysisLib.logic.segmentationlogic import SegmentationLogic, SegmentationParameters
     import json

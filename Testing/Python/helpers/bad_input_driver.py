@@ -22,7 +22,7 @@ record is appended (and flushed) before each invocation and an ``end`` record af
 when the process dies (signal, abort, hang killed by the per-invocation timeout) the caller knows
 which invocation was running and can read its stderr file.
 
-The parent side (imported by test_bad_inputs.py and test_fuzz_headers.py): :func:`run_driver`
+The parent side (imported by cli/test_bad_inputs.py and core/test_fuzz_headers.py): :func:`run_driver`
 runs job groups through this script and restarts it after an invocation it died in,
 :func:`contract_problems` checks one result against the bad-input contract (exit 0 or 2; when 2,
 one line naming the file; no traceback; bounded memory), :func:`files_containing` finds a token in
@@ -46,7 +46,8 @@ import traceback
 import zlib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+# run as a script (the child process) as well as imported: no ``helpers.paths`` import here
+REPO = Path(__file__).resolve().parents[3]  # Testing/Python/helpers/bad_input_driver.py
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 DRIVER = Path(__file__).resolve()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO
+from helpers.paths import REPO
 from MedAnalysisLib.core.errors import InputError
 
 

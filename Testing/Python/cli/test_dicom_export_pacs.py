@@ -21,7 +21,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from test_import_dicomgen import oblique_mni, write_image_series, write_slices
+from helpers.dicomgen import oblique_mni, write_image_series, write_slices
 
 highdicom = pytest.importorskip("highdicom")
 from MedAnalysisLib.core import dicom_seg, dicom_sr, geometry  # noqa: E402

@@ -2,7 +2,7 @@
 reader: SimpleITK's GDCM-based ImageFileReader / ImageSeriesReader.
 
 The fast tests check a curated set (CT, MR, RLE, JPEG, JPEG 2000, big endian, deflated,
-no-meta, multi-frame, colour, truncated, JPEG-LS...). ``python test_import_realfiles.py``
+no-meta, multi-frame, colour, truncated, JPEG-LS...). ``python Testing/Python/core/test_import_realfiles.py``
 prints the full table for every file: loaded or refused (and why), and how the voxels and
 the geometry compare with GDCM where GDCM reads the file too.
 """
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository, for the script use
 
 from MedAnalysisLib.core.dicom_import import METADATA_KEYWORDS, ImportSession  # noqa: E402
 from MedAnalysisLib.core.errors import InputError  # noqa: E402

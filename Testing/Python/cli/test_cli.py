@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO, make_oblique_image
+from helpers.images import make_oblique_image
+from helpers.paths import REPO
 
 
 def run_cli(*args, cwd=None):

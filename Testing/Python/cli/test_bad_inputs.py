@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-import bad_input_driver as driver
+from helpers import bad_input_driver as driver
 
 corpus = driver.load_generator()
 CASES = list(corpus.CASES)

@@ -5,7 +5,7 @@ the first transmitted pixel, ImageOrientationPatient the LPS row then column dir
 cosines, PixelSpacing (between rows, between columns). A SimpleITK image maps onto that
 directly: i -> row direction (spacing[0]), j -> column direction (spacing[1]).
 
-The few tests at the bottom check the generator itself against SimpleITK's GDCM reader.
+The generator itself is checked against SimpleITK's GDCM reader in core/test_dicomgen.py.
 """
 
 from __future__ import annotations
@@ -177,24 +177,3 @@ def phantom_volume(shape_kji=(500, 512, 512), seed: int = 7) -> np.ndarray:
         noise = rng.integers(-20, 21, size=(j, i), dtype=np.int16)
         volume[z] = slice_ + noise
     return volume
-
-
-# --- checks of the generator itself (independent reader: SimpleITK / GDCM) ------------------
-
-def test_generator_round_trips_through_gdcm(tmp_path):
-    array = (np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6) * 3 - 40)
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing((0.7, 0.8, 2.0))
-    image.SetOrigin((10.0, -20.0, 30.0))
-    image.SetDirection(rotation_direction((20.0, 10.0, 5.0)))
-    rng = np.random.default_rng(3)
-    write_image_series(image, tmp_path, slope=0.5, intercept=-10.0, rng=rng)
-    reader = sitk.ImageSeriesReader()
-    files = reader.GetGDCMSeriesFileNames(str(tmp_path))
-    reader.SetFileNames(files)
-    loaded = reader.Execute()
-    assert loaded.GetSize() == image.GetSize()
-    assert np.allclose(loaded.GetOrigin(), image.GetOrigin(), atol=1e-6)
-    assert np.allclose(loaded.GetSpacing(), image.GetSpacing(), atol=1e-6)
-    assert np.allclose(loaded.GetDirection(), image.GetDirection(), atol=1e-9)
-    assert np.array_equal(sitk.GetArrayFromImage(loaded).astype(np.float64), array.astype(np.float64))

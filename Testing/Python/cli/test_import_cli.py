@@ -15,8 +15,8 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from conftest import REPO
-from test_import_dicomgen import write_slices
+from helpers.dicomgen import write_slices
+from helpers.paths import REPO
 from MedAnalysisLib.core import dicom, dicom_archive
 from MedAnalysisLib.core.dicom_archive import ArchiveLimits, extract_zip
 from MedAnalysisLib.core.dicom_import import import_to_files, scan_source

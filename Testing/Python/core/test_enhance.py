@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO
+from helpers.paths import REPO
 from MedAnalysisLib import mrml, resources
 from MedAnalysisLib.core import enhance, geometry
 from MedAnalysisLib.core.enhance import EnhancementParameters

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
-from test_import_dicomgen import (ds_values, image_geometry, oblique_mni, rotation_direction, write_image_series,
+from helpers.dicomgen import (ds_values, image_geometry, oblique_mni, rotation_direction, write_image_series,
                                   write_slices)
 from MedAnalysisLib.core import dicom
 from MedAnalysisLib.core.dicom_import import ImportParameters, ImportSession

@@ -6,7 +6,7 @@ DICOM: Rows, Columns, Bits*, NumberOfFrames, PixelSpacing, ImagePositionPatient,
 ImageOrientationPatient, text fields with odd bytes, transfer syntax, PixelData length) and each
 mutant goes through ``info --json``, ``import -o`` and, for DICOM, ``import --anonymize
 --export-dicom``, all in one child process (bad_input_driver.py) that is restarted after a run it
-died in. Same contract as test_bad_inputs.py: exit 0 or 2 only; when 2 one non-progress stderr
+died in. Same contract as cli/test_bad_inputs.py: exit 0 or 2 only; when 2 one non-progress stderr
 line naming the file, no traceback; never killed by a signal; bounded memory; a refused run leaves
 the pre-existing output as it was; the sentinel's content never in an output.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bad_input_driver as driver
+from helpers import bad_input_driver as driver
 
 corpus = driver.load_generator()
 DEFAULT_COUNTS = {"nifti": 200, "nrrd": 200, "dicom": 120}

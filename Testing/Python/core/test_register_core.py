@@ -16,7 +16,7 @@ from MedAnalysisLib.core import geometry
 from MedAnalysisLib.core import register as reg
 from MedAnalysisLib.core.errors import InputError, OperationCancelled
 from MedAnalysisLib.core.progress import CancelToken, ProgressReporter
-from registration_cases import make_case
+from helpers.registration_cases import make_case
 
 TRE_LIMITS = {"rigid": 0.3, "affine": 0.5, "deformable": 1.0, "multimodal": 0.5}
 PRESET_OF = {"rigid": "rigid", "affine": "affine", "deformable": "bspline", "multimodal": "rigid"}
