@@ -396,9 +396,14 @@ def check_volume_memory(volume: DicomVolume, relative=lambda p: Path(p).name) ->
     """Refuse, before any pixel is decoded, a volume whose stored frames or regularized grid
     would not fit the memory budget (declared frame counts, rows x columns, or slice positions
     that spread a few slices over an enormous grid)."""
-    from ..imageguard import memory_budget_bytes
+    from ..imageguard import MAX_EXTENT_MM, memory_budget_bytes
 
     first = volume.frames[0].file
+    extent = [float(n) * float(d) for n, d in zip(volume.geometry.size, volume.geometry.spacing)]
+    if max(extent) > MAX_EXTENT_MM:  # slice positions (or spacings) that no scanner produces
+        raise InputError(relative(first.path), f"DICOM volume extent {[round(v, 1) for v in extent]} mm exceeds "
+                                               f"{MAX_EXTENT_MM / 1000:g} m along an axis: the slice positions or "
+                                               "pixel spacing in the headers are wrong")
     samples = 3 if first.is_colour else 1
     stored = float(len(volume.frames)) * first.rows * first.columns * samples * max(first.bits_allocated // 8, 1)
     grid = float(np.prod([float(v) for v in volume.geometry.size])) * samples * 4  # float32 after rescaling

@@ -8,8 +8,6 @@ import sys
 
 import numpy as np
 import pydicom
-import pytest
-import SimpleITK as sitk
 from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless
 
@@ -43,17 +41,8 @@ def test_slices_at_absurd_positions_are_refused_before_allocation(tmp_path, rng)
     small_series(tmp_path / "dcm", rng, count=3, positions=[(0, 0, 0), (0, 0, 1.0), (0, 0, 5e6)])
     out = tmp_path / "out.nii.gz"
     result = run_cli("import", tmp_path / "dcm", "-o", out)
-    assert result.returncode in (0, 2), result.stderr
-    if result.returncode == 2:
-        one_line_refusal(result)
-        assert not out.exists()
-    else:
-        # loaded: the grid stays about as large as the input (3 slices), not 5e6 mm / 1 mm slices
-        # (a file-size bound cannot tell: a huge constant volume compresses to almost nothing)
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(out))
-        reader.ReadImageInformation()
-        assert reader.GetSize()[:2] == (16, 16) and reader.GetSize()[2] <= 8, reader.GetSize()
+    one_line_refusal(result, "exceeds 10 m")  # a 5 km stack is a header that lies, not an image
+    assert not out.exists()
 
 
 def test_declared_frames_beyond_memory_are_refused(tmp_path, rng):
