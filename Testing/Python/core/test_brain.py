@@ -165,7 +165,7 @@ def test_bad_parameters_are_refused():
         BrainExtractionParameters(device="tpu").validate()
 
 
-def test_segmentation_stays_inside_a_given_brain_mask(scene, rng):
+def test_segmentation_stays_inside_a_given_brain_mask(scene, rng, tmp_path):
     """A brain mask given to the segmentation logic: no label outside it, the rest unchanged in kind."""
     from helpers.tiny_model import tiny_config  # the tiny random network of the segmentation tests
     from MedAnalysisLib.core.segment import netconfig
@@ -183,9 +183,7 @@ def test_segmentation_stays_inside_a_given_brain_mask(scene, rng):
     config = tiny_config()
     torch.manual_seed(0)
     network = netconfig.build_network(config)
-    folder = REPO / "out"
-    folder.mkdir(exist_ok=True)
-    weights = folder / "tiny_brain_test.safetensors"
+    weights = tmp_path / "tiny_brain_test.safetensors"
     save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(weights))
     weights.with_suffix(".json").write_text(json.dumps(config))
     try:
