@@ -190,21 +190,14 @@ class PacsClient:
 
     def find(self, patient_id: str = "", study_uid: str = "", modality: str = "") -> list:
         """Studies (and their series) matching the filters: UIDs, dates, descriptions, counts."""
-        from pydicom.dataset import Dataset
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FindModel
 
         ae = self._ae()
         ae.add_requested_context(FindModel)
         studies = []
         with self._association(ae, "C-FIND") as assoc:
-            query = Dataset()
-            query.QueryRetrieveLevel = "STUDY"
-            query.StudyInstanceUID = study_uid or ""
-            query.PatientID = patient_id or ""
-            query.StudyDate = ""
-            query.StudyDescription = ""
-            query.ModalitiesInStudy = ""
-            query.NumberOfStudyRelatedInstances = ""
+            query = _query("STUDY", StudyInstanceUID=study_uid or "", PatientID=patient_id or "", StudyDate="",
+                           StudyDescription="", ModalitiesInStudy="", NumberOfStudyRelatedInstances="")
             seen: dict = {}
             for identifier in self._responses(assoc.send_c_find(query, FindModel), assoc, "C-FIND (study)"):
                 uid = str(identifier.get("StudyInstanceUID", ""))
@@ -213,14 +206,9 @@ class PacsClient:
                                  "description": str(identifier.get("StudyDescription", "") or ""), "series": []}
             studies = list(seen.values())
             for study in studies:
-                query = Dataset()
-                query.QueryRetrieveLevel = "SERIES"
-                query.StudyInstanceUID = study["study_uid"]
-                query.SeriesInstanceUID = ""
-                query.Modality = modality or ""
-                query.SeriesNumber = ""
-                query.SeriesDescription = ""
-                query.NumberOfSeriesRelatedInstances = ""
+                query = _query("SERIES", StudyInstanceUID=study["study_uid"], SeriesInstanceUID="",
+                               Modality=modality or "", SeriesNumber="", SeriesDescription="",
+                               NumberOfSeriesRelatedInstances="")
                 series: dict = {}
                 for identifier in self._responses(assoc.send_c_find(query, FindModel), assoc, "C-FIND (series)"):
                     uid = str(identifier.get("SeriesInstanceUID", ""))
@@ -262,18 +250,13 @@ class PacsClient:
         our AE title at this host and port). All or nothing: the files are kept only when every
         instance came back.
         """
-        from pydicom.dataset import Dataset
-
         if not study_uid:
             raise InputError("STUDY_UID", "a study UID is required (pacs find lists them)")
         out_dir = Path(out_dir)
         if out_dir.exists() and not out_dir.is_dir():
             raise InputError(out_dir, "output exists and is not a folder")
-        query = Dataset()
-        query.QueryRetrieveLevel = "SERIES" if series_uid else "STUDY"
-        query.StudyInstanceUID = study_uid
-        if series_uid:
-            query.SeriesInstanceUID = series_uid
+        query = (_query("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid) if series_uid
+                 else _query("STUDY", StudyInstanceUID=study_uid))
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.part", dir=out_dir.parent))
         try:
@@ -363,6 +346,17 @@ class PacsClient:
             return final
         finally:
             server.shutdown()
+
+
+def _query(level: str, **keys):
+    """A C-FIND/C-GET identifier: the level and the keys (empty values ask the PACS to return them)."""
+    from pydicom.dataset import Dataset
+
+    query = Dataset()
+    query.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(query, keyword, value)
+    return query
 
 
 def _dicom_files(paths: Sequence["str | os.PathLike"]) -> Iterator[Path]:

@@ -91,6 +91,14 @@ def positive(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (thread counts, sizes)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
 TRUE_WORDS = ("1", "true", "yes", "y", "on")
 FALSE_WORDS = ("", "0", "false", "no", "n", "off")
 

@@ -9,18 +9,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Optional
 
-from .parameters import non_negative, option, positive
+from .parameters import non_negative, option, positive, positive_int
 from .register_presets import METRICS, PRESETS
 
 TRANSFORMS = ("rigid", "affine", "bspline")
 INITIALIZATIONS = ("geometry", "moments", "identity")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
 
 
 @dataclasses.dataclass

@@ -12,17 +12,10 @@ from typing import Optional
 
 from ..errors import InputError
 from ..monitoring_parameters import BRAIN_MASK_CHOICES
-from ..parameters import non_negative, option
+from ..parameters import non_negative, option, positive_int
 
 DEFAULT_MODEL = "brain-tissue-lesion"
 DEVICES = ("auto", "cpu", "cuda")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
 
 
 def probability(text: str) -> float:
