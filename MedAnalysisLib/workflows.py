@@ -223,5 +223,32 @@ def registerFiles(fixedPath, movingPath, outputPath, parameters, transformPath=N
             "outputs": written, "qa": outputs.qa, "seconds": round(time.perf_counter() - started, 3)}
 
 
+def monitorFiles(baselinePath, followupPath, reportDir, parameters, baselineSegPath=None, followupSegPath=None,
+                 transformPath=None, progress: Optional[ProgressCallback] = None) -> dict:
+    """``monitor``: baseline and follow-up volume files (and optionally their segmentations and a
+    registration transform) -> the report folder; the result as ``monitor --json`` prints it."""
+    from .core.imageio import check_output_paths
+    from .core.register import read_transform
+    from .logic.monitoringlogic import MonitoringLogic
+
+    parameters.validate()
+    check_output_paths([baselinePath, followupPath, baselineSegPath, followupSegPath, transformPath], [],
+                       folder_outputs=[reportDir])
+    started = time.perf_counter()
+    scene = mrml.newScene()
+    try:
+        baseline = mrml.loadVolumeNode(baselinePath, scene, name="baseline")
+        followup = mrml.loadVolumeNode(followupPath, scene, name="followup")
+        segmentations = [mrml.loadSegmentationOrMask(path, scene, parameters.lesionSegmentName) if path else None
+                         for path in (baselineSegPath, followupSegPath)]
+        transform = read_transform(transformPath) if transformPath else None
+        outputs = MonitoringLogic(scene).monitor(baseline, followup, parameters, *segmentations, reportDir=reportDir,
+                                                 registrationTransform=transform, progress=progress)
+    finally:
+        scene.Clear(1)
+    return {**outputs.result, "report": str(outputs.reportPath),
+            "seconds": {**outputs.seconds, "total": round(time.perf_counter() - started, 3)}}
+
+
 __all__ = ["writeImage", "writeSegmentation", "checkImageOutputs", "segmentFile", "brainMaskFile", "enhanceFile",
-           "registerFiles"]
+           "registerFiles", "monitorFiles"]

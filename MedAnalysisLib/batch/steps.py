@@ -194,25 +194,14 @@ def registerStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> di
 
 def monitorStep(case: CaseSpec, inputs: dict, params: dict, outDir: Path) -> dict:
     """``medanalysis monitor``: lesion change baseline -> follow-up, report folder ``report/``."""
-    from .. import mrml
-    from ..core.register import read_transform
-    from ..logic.monitoringlogic import MonitoringLogic
+    from ..workflows import monitorFiles
 
     if "followup" not in inputs:
         raise InputError(case.input, "the monitor step needs a 'followup' column")
     parameters = from_row(MonitoringParameters, params).validate()
-    scene = mrml.newScene()
-    try:
-        baseline = mrml.loadVolumeNode(inputs["image"], scene, name="baseline")
-        followup = mrml.loadVolumeNode(inputs["followup"], scene, name="followup")
-        segmentations = [mrml.loadSegmentationOrMask(inputs[key], scene, parameters.lesionSegmentName)
-                         if key in inputs else None for key in ("segmentation", "followup_segmentation")]
-        transform = read_transform(inputs["transform"]) if "transform" in inputs else None
-        outputs = MonitoringLogic(scene).monitor(baseline, followup, parameters, *segmentations,
-                                                 reportDir=outDir / "report", registrationTransform=transform)
-    finally:
-        scene.Clear(1)
-    summary = outputs.result["summary"]
+    result = monitorFiles(inputs["image"], inputs["followup"], outDir / "report", parameters,
+                          inputs.get("segmentation"), inputs.get("followup_segmentation"), inputs.get("transform"))
+    summary = result["summary"]
     return {"outputs": {"report": str(outDir / "report")},
             "metrics": {"lesions_baseline": summary["lesions_baseline"], "lesions_followup": summary["lesions_followup"],
                         "burden_change_ml": summary["burden_change_ml"],

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from ..cli import EXIT_OK, StderrProgress, emit
 
 
@@ -22,27 +20,13 @@ def register(add) -> None:
 
 
 def run(args) -> int:
-    from .. import mrml
-    from ..core.imageio import check_output_paths
     from ..core.parameters import from_namespace
-    from ..logic.monitoringlogic import MonitoringLogic, MonitoringParameters
+    from ..logic.monitoringlogic import MonitoringParameters
+    from ..workflows import monitorFiles
 
-    started = time.perf_counter()
     parameters = from_namespace(MonitoringParameters, args)
-    parameters.validate()
-    check_output_paths([args.baseline, args.followup, args.baseline_seg, args.followup_seg], [],
-                       folder_outputs=[args.output])
-    scene = mrml.newScene()
-    baseline = mrml.loadVolumeNode(args.baseline, scene, name="baseline")
-    followup = mrml.loadVolumeNode(args.followup, scene, name="followup")
-    baselineSeg = (mrml.loadSegmentationOrMask(args.baseline_seg, scene, parameters.lesionSegmentName)
-                   if args.baseline_seg else None)
-    followupSeg = (mrml.loadSegmentationOrMask(args.followup_seg, scene, parameters.lesionSegmentName)
-                   if args.followup_seg else None)
-    outputs = MonitoringLogic(scene).monitor(baseline, followup, parameters, baselineSeg, followupSeg,
-                                             reportDir=args.output, progress=StderrProgress(args.json))
-    result = {**outputs.result, "report": str(outputs.reportPath),
-              "seconds": {**outputs.seconds, "total": round(time.perf_counter() - started, 3)}}
+    result = monitorFiles(args.baseline, args.followup, args.output, parameters, args.baseline_seg,
+                          args.followup_seg, progress=StderrProgress(args.json))
 
     def human(r):
         s = r["summary"]
