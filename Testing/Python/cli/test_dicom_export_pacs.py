@@ -429,3 +429,45 @@ def test_intensity_image_given_as_segmentation(series, tmp_path):
     result = run_cli("export-dicom", path, "--reference", series["folder"], "-o", tmp_path / "out")
     assert "intensity image" in one_error_line(result)
     assert_no_files(tmp_path / "out")
+
+
+def test_seg_on_a_multiframe_source_matches_the_single_frame_series(series, tmp_path):
+    """The same series as one enhanced multi-frame object (highdicom's legacy conversion): the SEG
+    references its frames, and each frame's mask equals the one made on the single-frame files."""
+    import warnings
+
+    datasets = [pydicom.dcmread(p) for p in sorted(series["folder"].iterdir())]
+    for dataset in datasets:
+        for keyword in ("PatientBirthDate", "PatientSex", "StudyTime", "ReferringPhysicianName", "StudyID",
+                        "AccessionNumber"):
+            if keyword not in dataset:
+                setattr(dataset, keyword, "")
+        if "SliceThickness" not in dataset:
+            dataset.SliceThickness = "3"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        multiframe = highdicom.legacy.LegacyConvertedEnhancedMRImage(
+            legacy_datasets=datasets, series_instance_uid=highdicom.UID(), series_number=7,
+            sop_instance_uid=highdicom.UID(), instance_number=1)
+    (tmp_path / "mf").mkdir()
+    multiframe.save_as(tmp_path / "mf" / "mf.dcm")
+    for reference, out in ((series["folder"], tmp_path / "single"), (tmp_path / "mf", tmp_path / "multi")):
+        result = run_cli("export-dicom", series["labels"], "--reference", reference, "-o", out)
+        assert result.returncode == 0, result.stderr
+    single = highdicom.seg.segread(tmp_path / "single" / "seg.dcm")
+    multi = highdicom.seg.segread(tmp_path / "multi" / "seg.dcm")
+    assert multi.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == \
+        multiframe.SOPInstanceUID
+    by_position = {tuple(round(float(v), 3) for v in d.ImagePositionPatient): str(d.SOPInstanceUID) for d in datasets}
+    numbers = [int(item.SegmentNumber) for item in single.SegmentSequence]
+    labelled = 0
+    for frame, group in enumerate(multiframe.PerFrameFunctionalGroupsSequence, start=1):
+        position = tuple(round(float(v), 3) for v in group.PlanePositionSequence[0].ImagePositionPatient)
+        got = multi.get_pixels_by_source_frame(str(multiframe.SOPInstanceUID), [frame], segment_numbers=numbers,
+                                               assert_missing_frames_are_empty=True)[0]
+        expected = single.get_pixels_by_source_instance([by_position[position]], segment_numbers=numbers,
+                                                        assert_missing_frames_are_empty=True)[0]
+        assert np.array_equal(got, expected), f"frame {frame}"
+        labelled += int(expected.sum())
+    assert labelled > 10000
+    assert not dciodvfy_errors(tmp_path / "multi" / "seg.dcm")
