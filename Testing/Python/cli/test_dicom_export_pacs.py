@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from helpers.dicomgen import oblique_mni, write_image_series, write_slices
 
 highdicom = pytest.importorskip("highdicom")
-from MedAnalysisLib.core import dicom_seg, dicom_sr, geometry  # noqa: E402
+from MedAnalysisLib.core import dicom_seg, geometry  # noqa: E402
 from MedAnalysisLib.core.labels import BRAIN_TISSUE_SEGMENTS  # noqa: E402
 
 CLI = [sys.executable, "-m", "MedAnalysisLib.cli"]
