@@ -28,20 +28,11 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "Testing" / "Python"))
 
 from MedAnalysisLib import resources  # noqa: E402
 from MedAnalysisLib.core import enhance, geometry  # noqa: E402
-
-
-def smooth_log_field(shape, seed, amplitude, mask):
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    field = np.zeros(shape)
-    for _ in range(4):
-        k = rng.normal(0, 1.2, 3)
-        field += np.sin(sum(k[d] * grids[d] * np.pi / 2 for d in range(3)) + rng.uniform(0, 2 * np.pi))
-    field -= field[mask].mean()
-    return field * amplitude / np.abs(field[mask]).max()
+from helpers.images import smooth_log_field  # noqa: E402
 
 
 def timed(function):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from helpers.images import smooth_log_field
 from helpers.paths import REPO
 from MedAnalysisLib import mrml, resources
 from MedAnalysisLib.core import enhance, geometry
@@ -27,19 +28,6 @@ def t1():
 @pytest.fixture(scope="module")
 def labels():
     return sitk.ReadImage(str(resources.samplePath("mni152_tissue_labels.nii.gz")))
-
-
-def smooth_log_field(shape, seed, amplitude=0.25, mask=None):
-    """Random smooth log bias field (sum of low-frequency plane waves), max |field| = amplitude in the mask."""
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    field = np.zeros(shape)
-    for _ in range(4):
-        k = rng.normal(0, 1.2, 3)
-        field += np.sin(sum(k[d] * grids[d] * np.pi / 2 for d in range(3)) + rng.uniform(0, 2 * np.pi))
-    inside = mask if mask is not None else np.ones(shape, bool)
-    field -= field[inside].mean()
-    return field * amplitude / np.abs(field[inside]).max()
 
 
 def test_tissue_bias_field_recovers_smooth_field(t1):

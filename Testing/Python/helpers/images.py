@@ -16,3 +16,16 @@ def make_oblique_image(array_kji: np.ndarray, spacing=(0.7, 0.9, 2.5), origin=(1
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     return image
+
+
+def smooth_log_field(shape, seed, amplitude=0.25, mask=None):
+    """Random smooth log bias field (sum of low-frequency plane waves), max |field| = amplitude in the mask."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    field = np.zeros(shape)
+    for _ in range(4):
+        k = rng.normal(0, 1.2, 3)
+        field += np.sin(sum(k[d] * grids[d] * np.pi / 2 for d in range(3)) + rng.uniform(0, 2 * np.pi))
+    inside = mask if mask is not None else np.ones(shape, bool)
+    field -= field[inside].mean()
+    return field * amplitude / np.abs(field[inside]).max()
