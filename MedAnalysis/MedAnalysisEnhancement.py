@@ -6,7 +6,6 @@ runs once. Research software, not for clinical use.
 """
 
 import slicer
-import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
@@ -62,7 +61,7 @@ else:
     MedAnalysisEnhancementParameterNode = None
 
 
-class MedAnalysisEnhancementWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class MedAnalysisEnhancementWidget(gui.ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)  # needed for parameter node observation
@@ -88,28 +87,6 @@ class MedAnalysisEnhancementWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.restoreParameters()
         self.initializeParameterNode()
 
-    def cleanup(self):
-        """Called when the application closes and the module widget is destroyed."""
-        self.removeObservers()
-
-    def enter(self):
-        """Called each time the user opens this module: make sure the parameter node exists and is observed."""
-        self.initializeParameterNode()
-
-    def exit(self):
-        """Called each time the user opens another module: stop following the parameter node."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
     def initializeParameterNode(self):
         """Ensure the parameter node exists and is observed; select the first volume when none is."""
         if MedAnalysisEnhancementParameterNode is None:
@@ -120,17 +97,6 @@ class MedAnalysisEnhancementWidget(ScriptedLoadableModuleWidget, VTKObservationM
             volumes = gui.sceneNodes("vtkMRMLScalarVolumeNode")
             if volumes:
                 self._parameterNode.inputVolume = volumes[0]
-
-    def setParameterNode(self, inputParameterNode):
-        """Set and observe the parameter node (widgets with a SlicerParameterName property follow it)."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = gui.connectGui(self._parameterNode, self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
 
     def _parameters(self):
         """The panel's parameters: the parameter node or, on Slicer without parameterNodeWrapper, the widgets'
@@ -191,10 +157,6 @@ class MedAnalysisEnhancementWidget(ScriptedLoadableModuleWidget, VTKObservationM
         slicer.util.setSliceViewerLayers(background=outputs.outputVolumeNode, fit=True)
         timing = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in outputs.seconds.items())
         self.ui.statusLabel.text = f"Done: {timing}"
-
-    def onReload(self):
-        gui.reloadLibrary()
-        ScriptedLoadableModuleWidget.onReload(self)
 
 
 class MedAnalysisEnhancementLogic(ScriptedLoadableModuleLogic, EnhancementLogic):

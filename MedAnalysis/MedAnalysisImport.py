@@ -11,7 +11,6 @@ import os
 
 import qt
 import slicer
-import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
@@ -55,7 +54,7 @@ else:
     MedAnalysisImportParameterNode = None
 
 
-class MedAnalysisImportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class MedAnalysisImportWidget(gui.ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)  # needed for parameter node observation
@@ -84,28 +83,6 @@ class MedAnalysisImportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.exportPathLineEdit.currentPath = parameters.export_dicom_dir
         self.initializeParameterNode()
 
-    def cleanup(self):
-        """Called when the application closes and the module widget is destroyed."""
-        self.removeObservers()
-
-    def enter(self):
-        """Called each time the user opens this module: make sure the parameter node exists and is observed."""
-        self.initializeParameterNode()
-
-    def exit(self):
-        """Called each time the user opens another module: stop following the parameter node."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
     def initializeParameterNode(self):
         """Ensure the parameter node exists and is observed."""
         if MedAnalysisImportParameterNode is None:
@@ -113,19 +90,10 @@ class MedAnalysisImportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         self.setParameterNode(self.logic.getParameterNode())
 
-    def setParameterNode(self, inputParameterNode):
-        """Set and observe the parameter node (widgets with a SlicerParameterName property follow it; the
-        two path fields are bound explicitly)."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = gui.connectGui(
-                self._parameterNode, self.ui, sourcePath=gui.pathLineEditConnector(self.ui.sourcePathLineEdit),
-                exportDicomDir=gui.pathLineEditConnector(self.ui.exportPathLineEdit))
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
+    def explicitConnectors(self) -> dict:
+        """The two path fields are bound explicitly."""
+        return {"sourcePath": gui.pathLineEditConnector(self.ui.sourcePathLineEdit),
+                "exportDicomDir": gui.pathLineEditConnector(self.ui.exportPathLineEdit)}
 
     def _parameters(self):
         """The panel's parameters: the parameter node or, on Slicer without parameterNodeWrapper, the widgets'
@@ -212,10 +180,6 @@ class MedAnalysisImportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         slicer.util.setSliceViewerLayers(background=nodes[0], fit=True)
         self.ui.statusLabel.text = f"Loaded {len(nodes)} volume(s): " + ", ".join(n.GetName() for n in nodes)
         self.ui.warningsTextEdit.setPlainText("\n".join(self.logic.lastWarnings) or "No geometry warnings.")
-
-    def onReload(self):
-        gui.reloadLibrary()
-        ScriptedLoadableModuleWidget.onReload(self)
 
 
 class MedAnalysisImportLogic(ScriptedLoadableModuleLogic, ImportLogic):

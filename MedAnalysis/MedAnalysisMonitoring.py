@@ -11,7 +11,6 @@ import os
 
 import qt
 import slicer
-import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
@@ -70,7 +69,7 @@ else:
     MedAnalysisMonitoringParameterNode = None
 
 
-class MedAnalysisMonitoringWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class MedAnalysisMonitoringWidget(gui.ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)  # needed for parameter node observation
@@ -96,28 +95,6 @@ class MedAnalysisMonitoringWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             self.restoreParameters()
         self.initializeParameterNode()
 
-    def cleanup(self):
-        """Called when the application closes and the module widget is destroyed."""
-        self.removeObservers()
-
-    def enter(self):
-        """Called each time the user opens this module: make sure the parameter node exists and is observed."""
-        self.initializeParameterNode()
-
-    def exit(self):
-        """Called each time the user opens another module: stop following the parameter node."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
     def initializeParameterNode(self):
         """Ensure the parameter node exists and is observed; select the first two volumes when none are."""
         if MedAnalysisMonitoringParameterNode is None:
@@ -132,17 +109,6 @@ class MedAnalysisMonitoringWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             others = [volume for volume in volumes if volume is not p.baselineVolume]
             if others:
                 p.followupVolume = others[0]
-
-    def setParameterNode(self, inputParameterNode):
-        """Set and observe the parameter node (widgets with a SlicerParameterName property follow it)."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = gui.connectGui(self._parameterNode, self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
 
     def _parameters(self):
         """The panel's parameters: the parameter node or, on Slicer without parameterNodeWrapper, the widgets'
@@ -220,10 +186,6 @@ class MedAnalysisMonitoringWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def onOpenReport(self):
         if self.outputs is not None and self.outputs.reportPath is not None:
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(self.outputs.reportPath)))
-
-    def onReload(self):
-        gui.reloadLibrary()
-        ScriptedLoadableModuleWidget.onReload(self)
 
 
 class MedAnalysisMonitoringLogic(ScriptedLoadableModuleLogic):

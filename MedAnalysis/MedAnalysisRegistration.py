@@ -6,7 +6,6 @@ runs once. Research software, not for clinical use.
 """
 
 import slicer
-import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
@@ -71,7 +70,7 @@ else:
     MedAnalysisRegistrationParameterNode = None
 
 
-class MedAnalysisRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class MedAnalysisRegistrationWidget(gui.ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)  # needed for parameter node observation
@@ -101,28 +100,6 @@ class MedAnalysisRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
                 selector.connect("currentSegmentChanged(QString)", self.onMaskSegmentChanged)
         self.initializeParameterNode()
 
-    def cleanup(self):
-        """Called when the application closes and the module widget is destroyed."""
-        self.removeObservers()
-
-    def enter(self):
-        """Called each time the user opens this module: make sure the parameter node exists and is observed."""
-        self.initializeParameterNode()
-
-    def exit(self):
-        """Called each time the user opens another module: stop following the parameter node."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
     def initializeParameterNode(self):
         """Ensure the parameter node exists and is observed; select the first two volumes when none are."""
         if MedAnalysisRegistrationParameterNode is None:
@@ -138,19 +115,13 @@ class MedAnalysisRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
             if others:
                 p.movingVolume = others[0]
 
-    def setParameterNode(self, inputParameterNode):
-        """Set and observe the parameter node (widgets with a SlicerParameterName property follow it; the
-        preset combo box and the segment selectors are bound explicitly)."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = gui.connectGui(
-                self._parameterNode, self.ui, presetName=gui.comboBoxTextConnector(self.ui.presetComboBox))
-            self.showMaskSegments()
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
+    def explicitConnectors(self) -> dict:
+        """The preset combo box (filled at run time) is bound explicitly; the segment selectors follow
+        in :meth:`afterConnectGui`."""
+        return {"presetName": gui.comboBoxTextConnector(self.ui.presetComboBox)}
+
+    def afterConnectGui(self) -> None:
+        self.showMaskSegments()
 
     def showMaskSegments(self):
         """Show the stored mask segments (the selectors report a segment before their segmentation, so they
@@ -249,10 +220,6 @@ class MedAnalysisRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservation
         dice = f", mask Dice {qa['mask_dice_initial']} -> {qa['mask_dice']}" if qa.get("mask_dice") is not None else ""
         self.ui.statusLabel.text = (f"Done in {qa['seconds']} s: {qa['metric']} {qa['initial_metric']:.4g} -> "
                                     f"{qa['final_metric']:.4g}, {qa['iterations']} iterations{dice}")
-
-    def onReload(self):
-        gui.reloadLibrary()
-        ScriptedLoadableModuleWidget.onReload(self)
 
 
 class MedAnalysisRegistrationLogic(ScriptedLoadableModuleLogic, RegistrationLogic):

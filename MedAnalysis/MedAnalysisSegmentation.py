@@ -6,7 +6,6 @@ runs once. torch comes from the PyTorch extension (PyTorchUtils). Research softw
 """
 
 import slicer
-import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
@@ -65,7 +64,7 @@ else:
     MedAnalysisSegmentationParameterNode = None
 
 
-class MedAnalysisSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class MedAnalysisSegmentationWidget(gui.ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)  # needed for parameter node observation
@@ -95,28 +94,6 @@ class MedAnalysisSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservation
                 lineEdit.connect("textChanged(QString)", self._checkCanApply)
         self.initializeParameterNode()
 
-    def cleanup(self):
-        """Called when the application closes and the module widget is destroyed."""
-        self.removeObservers()
-
-    def enter(self):
-        """Called each time the user opens this module: make sure the parameter node exists and is observed."""
-        self.initializeParameterNode()
-
-    def exit(self):
-        """Called each time the user opens another module: stop following the parameter node."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
     def initializeParameterNode(self):
         """Ensure the parameter node exists and is observed; select the first volume and the first catalog
         model when none is."""
@@ -132,18 +109,9 @@ class MedAnalysisSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservation
         if not p.modelName and self.ui.modelComboBox.count:
             p.modelName = self.ui.modelComboBox.currentText
 
-    def setParameterNode(self, inputParameterNode):
-        """Set and observe the parameter node (widgets with a SlicerParameterName property follow it; the
-        model combo box is bound explicitly)."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = gui.connectGui(
-                self._parameterNode, self.ui, modelName=gui.comboBoxTextConnector(self.ui.modelComboBox))
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
+    def explicitConnectors(self) -> dict:
+        """The model combo box (filled at run time) is bound explicitly."""
+        return {"modelName": gui.comboBoxTextConnector(self.ui.modelComboBox)}
 
     def _parameters(self):
         """The panel's parameters: the parameter node or, on Slicer without parameterNodeWrapper, the widgets'
@@ -222,10 +190,6 @@ class MedAnalysisSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservation
         self.ui.outputSelector.setCurrentNode(outputs.segmentationNode)
         self.ui.statusLabel.text = (f"{outputs.modelName} on {outputs.device}: "
                                     f"{sum(outputs.seconds.values()):.1f} s. " + " ".join(outputs.messages))
-
-    def onReload(self):
-        gui.reloadLibrary()
-        ScriptedLoadableModuleWidget.onReload(self)
 
 
 def _segmentationLogicClass():

@@ -96,6 +96,66 @@ def loadParameters(parameterNode, parametersClass):
 PARAMETER_NAME_PROPERTY = "SlicerParameterName"  # slicer.parameterNodeWrapper.SlicerParameterNamePropertyName
 
 
+class ParameterNodeWidgetMixin:
+    """The parameter-node life cycle of Slicer's scripted module template, once for every module widget
+    (put it first among the widget's bases, before ScriptedLoadableModuleWidget and VTKObservationMixin).
+
+    The widget provides ``self.ui``, ``self._parameterNode``, ``self._parameterNodeGuiTag``,
+    ``initializeParameterNode()`` and ``_checkCanApply()``; it may override :meth:`explicitConnectors`
+    (widgets connectGui cannot bind) and :meth:`afterConnectGui`.
+    """
+
+    def cleanup(self):
+        """Called when the application closes and the module widget is destroyed."""
+        self.removeObservers()
+
+    def enter(self):
+        """Called each time the user opens this module: make sure the parameter node exists and is observed."""
+        self.initializeParameterNode()
+
+    def exit(self):
+        """Called each time the user opens another module: stop following the parameter node."""
+        import vtk
+
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def explicitConnectors(self) -> dict:
+        """GuiConnectors by parameter name for widgets connectGui cannot bind (none by default)."""
+        return {}
+
+    def afterConnectGui(self) -> None:
+        """Hook run once the panel is bound to a new parameter node."""
+
+    def setParameterNode(self, inputParameterNode):
+        """Set and observe the parameter node (widgets with a SlicerParameterName property follow it, the
+        others through :meth:`explicitConnectors`)."""
+        import vtk
+
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = connectGui(self._parameterNode, self.ui, **self.explicitConnectors())
+            self.afterConnectGui()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def onReload(self):
+        reloadLibrary()
+        super().onReload()
+
+
 def connectGui(parameterNode, ui, **explicit):
     """Bind the panel to its parameter node wrapper, as ``parameterNode.connectGui(ui)`` does (every widget
     carrying the SlicerParameterName property), plus ``explicit`` GuiConnectors by parameter name for widgets
