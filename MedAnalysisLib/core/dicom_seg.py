@@ -164,7 +164,8 @@ def frames_on_source(labels: sitk.Image, reference: ReferenceSeries) -> np.ndarr
     return np.stack(frames)
 
 
-def _code(code: Optional[tuple], default: tuple = DEFAULT_CODE):
+def coded(code: Optional[tuple], default: tuple = DEFAULT_CODE):
+    """highdicom CodedConcept of a (scheme, value, meaning) tuple (``default`` when None)."""
     import highdicom as hd
 
     scheme, value, meaning = code or default
@@ -188,7 +189,7 @@ def segment_descriptions(specs: Sequence[SegmentSpec], algorithm: Optional[Algor
         uid, identifier = (tracking or {}).get(spec.label, (None, None))
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=spec.name[:64],
-            segmented_property_category=_code(spec.category), segmented_property_type=_code(spec.type),
+            segmented_property_category=coded(spec.category), segmented_property_type=coded(spec.type),
             algorithm_type=(hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if identification is not None
                             else hd.seg.SegmentAlgorithmTypeValues.MANUAL),
             algorithm_identification=identification, display_color=hd.color.CIELabColor.from_rgb(*rgb),
@@ -290,4 +291,4 @@ def segment_frames_by_source(seg) -> dict:
 
 
 __all__ = ["ReferenceSeries", "Algorithm", "read_reference_series", "frames_on_source", "build_segmentation",
-           "segment_descriptions", "segment_frames_by_source", "source_headers", "SEG_SOP_CLASS"]
+           "segment_descriptions", "segment_frames_by_source", "source_headers", "coded", "SEG_SOP_CLASS"]

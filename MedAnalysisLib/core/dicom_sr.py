@@ -18,7 +18,9 @@ from typing import Optional
 
 import numpy as np
 
+from .dicom_seg import coded
 from .errors import InputError
+from .export_parameters import TIME_POINTS
 
 # status -> SNOMED CT qualifier values
 STATUS_CODES = {
@@ -29,14 +31,6 @@ STATUS_CODES = {
     "vanished": ("SCT", "2667000", "Absent"),
 }
 CHANGED_STATUS = ("SCT", "263703002", "Changed status")
-from .export_parameters import TIME_POINTS
-
-
-def _coded(code: tuple):
-    import highdicom as hd
-
-    scheme, value, meaning = code
-    return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
 
 
 def _uid_from(*parts: str) -> str:
@@ -116,9 +110,9 @@ def build_monitoring_report(summary: dict, seg, lesion_segment_number: int, sour
                 source_series=hd.sr.SourceSeriesForSegmentation(series_uid)),
             time_point_context=time_context, finding_type=codes.SCT.Lesion, algorithm_id=algorithm,
             measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=round(volume, 4),
-                                            unit=_coded(("UCUM", "ml", "milliliter")), algorithm_id=algorithm)],
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=_coded(CHANGED_STATUS),
-                                                                 value=_coded(STATUS_CODES[lesion["status"]]))])
+                                            unit=coded(("UCUM", "ml", "milliliter")), algorithm_id=algorithm)],
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=coded(CHANGED_STATUS),
+                                                                 value=coded(STATUS_CODES[lesion["status"]]))])
         if baseline:  # the report's centroids are in baseline scanner space (RAS): DICOM is LPS
             r, a, s = (float(v) for v in lesion["centroid_ras"])
             group[0].ContentSequence.append(hd.sr.Scoord3DContentItem(

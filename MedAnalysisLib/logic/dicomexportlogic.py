@@ -15,7 +15,6 @@ from typing import Optional
 from .. import mrml
 from ..core.errors import InputError
 from ..core.export_parameters import DicomExportParameters
-from ..core.labels import SegmentSpec
 from ..core.progress import CancelToken, ProgressCallback, atomic_outputs
 from .base import LogicBase
 
@@ -142,5 +141,5 @@ class DicomExportLogic(LogicBase):
         return list(DICOMUtils.loadSeriesByUID(uids))
 
 
-__all__ = ["DicomExportLogic", "DicomExportParameters", "SegmentSpec", "algorithm_from_provenance",
+__all__ = ["DicomExportLogic", "DicomExportParameters", "algorithm_from_provenance",
            "lesion_segment_number"]
