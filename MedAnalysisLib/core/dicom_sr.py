@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import geometry
 from .dicom_seg import coded
 from .errors import InputError
 from .export_parameters import TIME_POINTS
@@ -114,10 +115,10 @@ def build_monitoring_report(summary: dict, seg, lesion_segment_number: int, sour
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=coded(CHANGED_STATUS),
                                                                  value=coded(STATUS_CODES[lesion["status"]]))])
         if baseline:  # the report's centroids are in baseline scanner space (RAS): DICOM is LPS
-            r, a, s = (float(v) for v in lesion["centroid_ras"])
+            centre_lps = geometry.ras_to_lps_points(np.array([lesion["centroid_ras"]], dtype=float))
             group[0].ContentSequence.append(hd.sr.Scoord3DContentItem(
                 name=codes.DCM.Center, graphic_type=hd.sr.GraphicTypeValues3D.POINT,
-                graphic_data=np.array([[-r, -a, s]]), frame_of_reference_uid=frame_of_reference,
+                graphic_data=centre_lps, frame_of_reference_uid=frame_of_reference,
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
         groups.append(group)
     content = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
