@@ -407,6 +407,7 @@ def synthesize_case(
     real_prob: float = 0.3,
     contrast: Optional[str] = None,
     contrast_probs: Sequence[float] = TRAIN_CONTRAST_PROBS,
+    lesion_free_prob: float = 0.0,
 ) -> Tuple[np.ndarray, np.ndarray, dict]:
     """One synthetic (image, target label, info) case.
 
@@ -414,7 +415,9 @@ def synthesize_case(
     otherwise a patch of that size centred (mostly) on a random brain voxel.  The image is
     float32 normalised like at inference (0.5/99.5 % percentiles of the whole volume -> 0..1;
     for patches the whole-volume percentiles are estimated from the label composition of the
-    template), the label is uint8 in 0..4.  ``contrast`` is one of :data:`CONTRASTS` (None: drawn
+    template), the label is uint8 in 0..4.  With probability ``lesion_free_prob`` the case has no
+    lesion at all (the anatomy's own lesions become white matter, none is added), so that the
+    network also sees brains without lesions and learns not to report them everywhere.  ``contrast`` is one of :data:`CONTRASTS` (None: drawn
     with ``contrast_probs``); ``real_prob`` is the chance of using the real MNI T1 intensities
     (MNI template and T1 contrast only).
     """
@@ -478,6 +481,9 @@ def synthesize_case(
 
     # ---- lesions
     n_les = int(rng.integers(lesion_count[0], lesion_count[1] + 1)) if lesion_count[1] > 0 else 0
+    if lesion_free_prob > 0 and rng.random() < lesion_free_prob:
+        lab[lab == LESION] = WM
+        n_les = 0
     lesion_volumes = _place_lesions(lab, rng, n_les)
 
     # ---- intensities

@@ -46,8 +46,10 @@ class SynthStream(torch.utils.data.IterableDataset):
     the training label maps (real subjects) in ``label_map_dir``.
     """
 
-    def __init__(self, sample_dir: str, label_map_dir: str, seed: int, start_step: int, patch: int, mni_prob: float):
+    def __init__(self, sample_dir: str, label_map_dir: str, seed: int, start_step: int, patch: int, mni_prob: float,
+                 lesion_free_prob: float = 0.0):
         super().__init__()
+        self.lesion_free_prob = lesion_free_prob
         self.sample_dir = sample_dir
         self.label_map_dir = label_map_dir
         self.seed = seed
@@ -64,7 +66,7 @@ class SynthStream(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, self.start_step, wid])
         while True:
             template = mni if not maps or rng.random() < self.mni_prob else maps[int(rng.integers(len(maps)))]
-            img, lab, _ = synth.synthesize_case(template, rng, self.patch)
+            img, lab, _ = synth.synthesize_case(template, rng, self.patch, lesion_free_prob=self.lesion_free_prob)
             yield torch.from_numpy(img[None]), torch.from_numpy(lab[None].astype(np.int64))
 
 
@@ -142,7 +144,8 @@ def _fmt_val(v: Dict) -> str:
         d = " ".join("-" if x is None else f"{x:.3f}" for x in e["dice"])
         extra = f" lesFP {e['lesion_false_positive_ml']}mL" if "lesion_false_positive_ml" in e else ""
         parts.append(f"{k}[csf gm wm les]={d}{extra}")
-    return f"mean {v['mean_dice']:.4f} | " + " | ".join(parts)
+    score = f" score {v['score']:.4f}" if "score" in v else ""
+    return f"mean {v['mean_dice']:.4f}{score} | " + " | ".join(parts)
 
 
 def main(argv=None) -> int:
@@ -167,6 +170,11 @@ def main(argv=None) -> int:
     ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--lesion-weight", type=float, default=2.0,
                     help="cross-entropy weight of the lesion class (the others have 1)")
+    ap.add_argument("--lesion-free-prob", type=float, default=0.0,
+                    help="share of training cases without any lesion (teaches the network not to report lesions everywhere)")
+    ap.add_argument("--fp-penalty", type=float, default=0.0,
+                    help="checkpoint selection score = mean validation Dice - this x false-positive lesion mL "
+                         "on the lesion-free validation case (MNI T1)")
     ap.add_argument("--val-every", type=float, default=10.0, help="minutes between validation + checkpoint + export")
     ap.add_argument("--log-every", type=int, default=25, help="steps between log lines")
     ap.add_argument("--threads", type=int, default=2)
@@ -232,7 +240,8 @@ def main(argv=None) -> int:
 
     class_weights = [1.0, 1.0, 1.0, 1.0, float(args.lesion_weight)]
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=torch.tensor(class_weights))
-    ds = SynthStream(args.sample_dir, args.label_maps, args.seed, state["step"], args.patch, args.mni_prob)
+    ds = SynthStream(args.sample_dir, args.label_maps, args.seed, state["step"], args.patch, args.mni_prob,
+                     args.lesion_free_prob)
     loader = torch.utils.data.DataLoader(
         ds, batch_size=args.batch, num_workers=args.workers, prefetch_factor=4 if args.workers else None,
         persistent_workers=bool(args.workers),
@@ -261,6 +270,8 @@ def main(argv=None) -> int:
             "parameters": n_params,
             "best_step": state["best_step"],
             "best_mean_dice": state["best_mean_dice"],
+            "selection": f"best validation score = mean Dice - {args.fp_penalty} x false-positive lesion mL",
+            "lesion_free_prob": args.lesion_free_prob,
             "validation_cases": "held-out label maps 17-20 rendered as T1 head, FLAIR stripped, T2 head, T1 stripped "
                                 "(seeds 1001-1004), and mni152_t1 (real template T1, no lesions); "
                                 "Dice for [CSF, GM, WM, lesion]",
@@ -307,9 +318,11 @@ def main(argv=None) -> int:
         v["step"] = state["step"]
         v["elapsed_min"] = round(state["elapsed_s"] / 60.0, 1)
         state["history"].append(v)
-        improved = v["mean_dice"] > state["best_mean_dice"]
+        fp_ml = sum(e.get("lesion_false_positive_ml", 0.0) for e in v.values() if isinstance(e, dict))
+        v["score"] = round(v["mean_dice"] - args.fp_penalty * fp_ml, 4)
+        improved = v["score"] > state["best_mean_dice"]
         if improved:
-            state["best_mean_dice"] = v["mean_dice"]
+            state["best_mean_dice"] = v["score"]
             state["best_step"] = state["step"]
             best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
         checkpoint()

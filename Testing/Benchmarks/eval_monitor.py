@@ -45,9 +45,11 @@ def main(argv=None) -> int:
     for index in range(args.pairs):
         anatomy = synth.load_label_map(paths[index % len(paths)])
         seed = args.first_seed + index
+        # lesion-free rendering: the maps' own lesions are drawn as white matter, so that the pair's lesions
+        # are the whole truth (drawing them as lesions but scoring them as white matter would count every
+        # correct detection of them as an extra lesion)
         image, labels, _ = synth.synthesize_case(anatomy, np.random.default_rng(seed), None, whole_head_prob=0.0,
-                                                 lesion_count=(0, 0), contrast="t1")
-        labels[labels == 4] = 3  # the maps' own lesions are white matter here: the pair's lesions are the truth
+                                                 lesion_count=(0, 0), contrast="t1", lesion_free_prob=1.0)
         t1 = anatomy.to_image(np.ascontiguousarray(image * 255.0, dtype=np.float32))
         tissue = anatomy.to_image(np.ascontiguousarray(labels))
         pair = phantom.make_study_pair(t1, sitk.Cast(tissue, sitk.sitkUInt8), seed=seed, n_lesions=args.lesions)
