@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -23,6 +23,13 @@ from .. import geometry, imageguard
 from ..errors import InputError, MedAnalysisError
 from ..progress import ProgressReporter
 from .parameters import SegmentationParameters
+
+
+class Segmented(NamedTuple):
+    labels: np.ndarray                          # uint8 labels on the model grid
+    probabilities: Optional[np.ndarray]         # (classes, ...) float32, when asked for
+    lesion_confidence: Optional[np.ndarray]     # uint8 lesion probability x 255 where labelled lesion, else 0;
+                                                # only when a lesion peak rule applies
 
 
 @dataclasses.dataclass
@@ -131,6 +138,24 @@ def decide_labels(probabilities, config: dict, lesion_threshold: Optional[float]
     return labels.to(torch.uint8)
 
 
+def lesion_min_peak(config: dict, lesion_peak: Optional[float] = None) -> Optional[float]:
+    """The lesion peak rule in force: the given value, else the model config's
+    ``inference.lesion_min_peak`` (chosen on validation data for those weights), else None."""
+    if lesion_peak is not None:
+        return float(lesion_peak)
+    value = config.get("inference", {}).get("lesion_min_peak")
+    return None if value is None else float(value)
+
+
+def lesion_confidence_of(labels, probabilities, lesion: int):
+    """uint8 lesion probability (x 255) of the voxels labelled ``lesion`` (0 elsewhere), torch in, numpy out."""
+    import torch
+
+    confidence = torch.round(probabilities[lesion].float() * 255.0).clamp_(0, 255).to(torch.uint8)
+    confidence[labels != lesion] = 0
+    return confidence.cpu().numpy()
+
+
 class SlidingWindowSegmenter:
     """Runs a network over a normalized (k, j, i) array, slab by slab, returning uint8 labels."""
 
@@ -155,6 +180,10 @@ class SlidingWindowSegmenter:
         self.sw_batch_size = int(settings.swBatchSize or max(4, int(inference.get("sw_batch_size", 1))))
         self.classes = int(config["network"]["args"].get("out_channels", 2))
         self.messages: list = []
+        lesion = _lesion_label(config)
+        # the peak rule needs each lesion voxel's probability after the decision (kept as uint8)
+        self.confidence_label = lesion if lesion is not None and lesion < self.classes and \
+            lesion_min_peak(config, settings.lesionPeak) is not None else None
 
     def _decide(self, probabilities, intensities=None):
         """Labels of (C, ...) probabilities; with ``settings.refine`` the tissue probabilities are
@@ -194,8 +223,8 @@ class SlidingWindowSegmenter:
             probabilities = (probabilities + torch.flip(run(torch.flip(tensor, dims=[4])), dims=[4])) / 2
         return probabilities
 
-    def segment(self, array: np.ndarray, report: ProgressReporter, keep_probabilities: bool = False):
-        """(uint8 labels, optional class probabilities) of a normalized (k, j, i) array."""
+    def segment(self, array: np.ndarray, report: ProgressReporter, keep_probabilities: bool = False) -> Segmented:
+        """Labels (and optional class probabilities, lesion confidence) of a normalized (k, j, i) array."""
         box = foreground_box(array, margin=4)
         if array.shape[0] <= max(int(self.settings.slabVoxels), self.roi[0]):
             return self._segment_windows(array, box, report, keep_probabilities)
@@ -242,18 +271,26 @@ class SlidingWindowSegmenter:
             probabilities[:, ~covered] = 0
             probabilities[0, ~covered] = 1
             region_labels, probabilities = self._decide(probabilities, source[region])
+            region_confidence = None
+            if self.confidence_label is not None:
+                region_confidence = lesion_confidence_of(region_labels, probabilities, self.confidence_label)
             region_labels = region_labels.cpu().numpy()
             region_probabilities = probabilities.cpu().numpy() if keep_probabilities else None
         labels = np.zeros(padded.shape, np.uint8)
         labels[region] = region_labels
         valid = tuple(slice(p[0], p[0] + n) for p, n in zip(pad_pairs, array.shape))
+        confidence = None
+        if region_confidence is not None:
+            confidence = np.zeros(padded.shape, np.uint8)
+            confidence[region] = region_confidence
+            confidence = confidence[valid]
         full_probabilities = None
         if keep_probabilities:
             full_probabilities = np.zeros((self.classes, *padded.shape), np.float32)
             full_probabilities[0] = 1.0
             full_probabilities[(slice(None), *region)] = region_probabilities
             full_probabilities = full_probabilities[(slice(None), *valid)]
-        return labels[valid], full_probabilities
+        return Segmented(labels[valid], full_probabilities, confidence)
 
     def _forward_with_fallback(self, data):
         """Logits of a batch of windows, with flip TTA, retrying smaller / on CPU when GPU memory runs out."""
@@ -287,6 +324,7 @@ class SlidingWindowSegmenter:
         slab = max(int(self.settings.slabVoxels), self.roi[0])
         halo = self.roi[0] // 2
         labels = np.zeros(padded.shape, np.uint8)
+        confidence = np.zeros(padded.shape, np.uint8) if self.confidence_label is not None else None
         probabilities = np.zeros((self.classes, *padded.shape), np.float32) if keep_probabilities else None
         starts = list(range(0, depth, slab))
         with torch.inference_mode():
@@ -299,18 +337,25 @@ class SlidingWindowSegmenter:
                 core = slice(start - low, stop - low)
                 slab_labels, slab_probabilities_core = self._decide(slab_probabilities[0][:, core],
                                                                     tensor[0, 0, core])
+                if confidence is not None:
+                    confidence[start:stop] = lesion_confidence_of(slab_labels, slab_probabilities_core,
+                                                                  self.confidence_label)
                 labels[start:stop] = slab_labels.cpu().numpy()
                 if probabilities is not None:
                     probabilities[:, start:stop] = slab_probabilities_core.float().cpu().numpy()
                 del slab_probabilities, tensor
         full = np.zeros(array.shape, np.uint8)
         full[box] = labels[valid]
+        full_confidence = None
+        if confidence is not None:
+            full_confidence = np.zeros(array.shape, np.uint8)
+            full_confidence[box] = confidence[valid]
         full_probabilities = None
         if probabilities is not None:
             full_probabilities = np.zeros((self.classes, *array.shape), np.float32)
             full_probabilities[0] = 1.0
             full_probabilities[(slice(None), *box)] = probabilities[(slice(None), *valid)]
-        return full, full_probabilities
+        return Segmented(full, full_probabilities, full_confidence)
 
     def _probabilities_with_fallback(self, tensor):
         import torch
@@ -402,13 +447,43 @@ def remove_poorly_hosted_components(labels: np.ndarray, label: int, host: int, m
     return labels
 
 
-def postprocess_lesions(labels: np.ndarray, config: dict, spacing_mm, lesion_min_ml: float) -> np.ndarray:
-    """Lesion clean-up of a model label map: components smaller than ``lesion_min_ml`` and, for a
-    model with a white-matter label (its lesions are white-matter lesions), components touching
-    no white matter take their neighbours' label."""
+def remove_weak_components(labels: np.ndarray, label: int, confidence: np.ndarray, min_peak: float) -> np.ndarray:
+    """Relabel components of ``label`` whose highest ``confidence`` (uint8, probability x 255) stays
+    below ``min_peak`` (a probability) to the most common label of their one-voxel shell: a lesion
+    is reported only where the network is sure of it somewhere, and then with its whole extent."""
+    from scipy import ndimage
+
+    mask = labels == label
+    if not mask.any():
+        return labels
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    peaks = ndimage.maximum(confidence, components, index=np.arange(1, count + 1))
+    weak = np.nonzero(np.asarray(peaks) < min_peak * 255.0 - 0.5)[0] + 1
+    if weak.size == 0:
+        return labels
+    labels = labels.copy()
+    objects = ndimage.find_objects(components)
+    for index in weak:
+        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in objects[index - 1])
+        own = components[box] == index
+        shell = ndimage.binary_dilation(own, structure=np.ones((3, 3, 3), bool)) & ~own
+        ring = labels[box][shell]
+        ring = ring[ring != label]
+        labels[box][own] = np.bincount(ring).argmax() if ring.size else 0
+    return labels
+
+
+def postprocess_lesions(labels: np.ndarray, config: dict, spacing_mm, lesion_min_ml: float,
+                        confidence: Optional[np.ndarray] = None, min_peak: Optional[float] = None) -> np.ndarray:
+    """Lesion clean-up of a model label map: components whose peak lesion probability stays below
+    ``min_peak`` (with ``confidence``, see :func:`lesion_min_peak`), components smaller than
+    ``lesion_min_ml`` and, for a model with a white-matter label (its lesions are white-matter
+    lesions), components touching no or too little white matter take their neighbours' label."""
     lesion = _lesion_label(config)
     if lesion is None:
         return labels
+    if confidence is not None and min_peak is not None:
+        labels = remove_weak_components(labels, lesion, confidence, min_peak)
     if lesion_min_ml > 0:
         voxel_ml = float(np.prod(spacing_mm)) / 1000.0
         labels = remove_small_components(labels, lesion, int(np.ceil(lesion_min_ml / voxel_ml)))
@@ -433,13 +508,15 @@ def segment_image(image: sitk.Image, network, config: dict, settings: Optional[S
 
     started = time.perf_counter()
     segmenter = SlidingWindowSegmenter(network, config, settings)
-    labels, probabilities = segmenter.segment(array, report.sub(0.05, 0.9), settings.probabilities)
+    labels, probabilities, confidence = segmenter.segment(array, report.sub(0.05, 0.9), settings.probabilities)
     del array
     seconds["inference"] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
     report(0.9, "postprocessing")
-    labels = postprocess_lesions(labels, config, model_grid["spacing"], settings.lesionMinMl)
+    labels = postprocess_lesions(labels, config, model_grid["spacing"], settings.lesionMinMl, confidence,
+                                 lesion_min_peak(config, settings.lesionPeak))
+    del confidence
     model_labels = _on_grid(labels, model_grid)
     if geometry.same_grid(model_labels, image, 1e-6):
         on_input = model_labels  # the input already is on the model's grid

@@ -40,6 +40,10 @@ class SegmentationParameters:
     lesionThreshold: Optional[float] = option(None, "lesion probability a voxel needs to be labelled lesion "
                                                     "(default: the model's; argmax when it has none)",
                                               parse=probability, flag="--lesion-threshold", metavar="P")
+    lesionPeak: Optional[float] = option(None, "a lesion component is kept only when its highest lesion probability "
+                                               "reaches this (default: the model's, chosen on validation data; "
+                                               "none: no such rule)", parse=probability, flag="--lesion-peak",
+                                         metavar="P")
     refine: bool = option(True, "fit the tissue intensities of this image (EM, the network's probabilities as "
                                 "priors); --no-refine: the network alone")
     brainMask: str = option("auto", "auto: extract the brain first (deepbet) and segment inside it (brain models); "
@@ -68,6 +72,9 @@ class SegmentationParameters:
         if self.lesionThreshold is not None and not (isinstance(self.lesionThreshold, (int, float))
                                                      and 0 < self.lesionThreshold <= 1):
             raise InputError("lesionThreshold", f"must be in (0, 1], got {self.lesionThreshold}")
+        if self.lesionPeak is not None and not (isinstance(self.lesionPeak, (int, float))
+                                                and 0 < self.lesionPeak <= 1):
+            raise InputError("lesionPeak", f"must be in (0, 1], got {self.lesionPeak}")
         if self.overlap is not None and not 0 <= self.overlap < 1:
             raise InputError("overlap", f"must be in [0, 1), got {self.overlap}")
         return self

@@ -301,3 +301,52 @@ def test_lesion_threshold_moves_voxels_between_lesion_and_the_best_other_class()
     config["inference"]["lesion_threshold"] = 0.5  # the model's default applies when the settings have none
     segmenter.settings = SegmentationParameters(device="cpu", refine=False)
     assert segmenter._decide(probabilities)[0].tolist() == [3, 4, 3, 0]
+
+
+def test_lesion_peak_rule_drops_components_the_network_is_nowhere_sure_of():
+    from MedAnalysisLib.core.segment.engine import lesion_min_peak, postprocess_lesions
+
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[2:28, 2:28, 2:28] = 3                 # white matter
+    labels[5:9, 5:9, 5:9] = 4                    # sure somewhere (one voxel at 0.95): kept whole
+    labels[15:19, 15:19, 15:19] = 4              # nowhere above 0.7: becomes white matter
+    confidence = np.zeros(labels.shape, np.uint8)
+    confidence[5:9, 5:9, 5:9] = round(0.6 * 255)
+    confidence[6, 6, 6] = round(0.95 * 255)
+    confidence[15:19, 15:19, 15:19] = round(0.7 * 255)
+    config = {"labels": [{"value": v, "name": n} for v, n in
+                         enumerate(["background", "cerebrospinal fluid", "gray matter", "white matter", "lesion"])],
+              "inference": {"lesion_min_peak": 0.9}}
+    peak = lesion_min_peak(config)
+    assert peak == 0.9 and lesion_min_peak(config, 0.5) == 0.5 and lesion_min_peak({}) is None
+    out = postprocess_lesions(labels, config, (1.0, 1.0, 1.0), 0.0, confidence, peak)
+    assert (out[5:9, 5:9, 5:9] == 4).all()
+    assert (out[15:19, 15:19, 15:19] == 3).all()
+    # at 0.7 both stay; without the confidence map the rule does not apply
+    assert (postprocess_lesions(labels, config, (1.0, 1.0, 1.0), 0.0, confidence, 0.7) == 4).sum() == 128
+    assert (postprocess_lesions(labels, config, (1.0, 1.0, 1.0), 0.0) == 4).sum() == 128
+
+
+def test_segmenter_keeps_lesion_confidence_only_when_a_peak_rule_applies():
+    from MedAnalysisLib.core.segment.engine import SlidingWindowSegmenter
+    from MedAnalysisLib.core.progress import ProgressReporter
+
+    config = {"labels": [{"value": v, "name": n} for v, n in
+                         enumerate(["background", "cerebrospinal fluid", "gray matter", "white matter", "lesion"])],
+              "inference": {"roi_size": [8, 8, 8]}, "network": {"args": {"out_channels": 5}}}
+
+    class Lesion(torch.nn.Module):  # logits: lesion where the intensity is high, background elsewhere
+        def forward(self, x):
+            return torch.cat([1 - x, 0 * x, 0 * x, 0 * x, 3 * x], dim=1) * 4
+
+    array = np.zeros((12, 12, 12), np.float32)
+    array[4:8, 4:8, 4:8] = 1.0
+    plain = SlidingWindowSegmenter(Lesion(), config, SegmentationParameters(device="cpu", refine=False))
+    labels, _, confidence = plain.segment(array, ProgressReporter())
+    assert confidence is None and (labels == 4).sum() == 64
+    ruled = SlidingWindowSegmenter(Lesion(), config, SegmentationParameters(device="cpu", refine=False, lesionPeak=0.9))
+    labels, _, confidence = ruled.segment(array, ProgressReporter())
+    assert confidence.dtype == np.uint8 and confidence.shape == labels.shape
+    assert (confidence[labels == 4] > 250).all() and (confidence[labels != 4] == 0).all()
+    ruled.settings.slabVoxels = 4  # slab by slab: the same map
+    assert np.array_equal(ruled.segment(array, ProgressReporter()).lesion_confidence, confidence)
