@@ -7,8 +7,9 @@ on the input grid):
   * plain MONAI: percentile normalization (the model's), sliding_window_inference with the
     model's roi, overlap 0.25, sw_batch_size 1, float32, then the model's decision rule (argmax,
     or its lesion probability threshold: ``engine.decide_labels``) and the same lesion
-    postprocessing as ours (``engine.postprocess_lesions``: lesion components under the default
-    minimum size or touching no white matter relabelled; applied to both so the maps compare);
+    postprocessing as ours (``engine.postprocess_lesions``: lesion components under the model's
+    peak probability rule, under the default minimum size or touching no white matter relabelled;
+    applied to both so the maps compare);
   * ours: MedAnalysisLib.core.segment.engine.segment_image at its defaults.
 Prints both times, the ratio and the Dice between the two label maps (per class present in
 either map, with voxel counts, and the mean over those classes).
@@ -41,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from MedAnalysisLib import resources  # noqa: E402
 from MedAnalysisLib.core import geometry  # noqa: E402
 from MedAnalysisLib.core.segment.engine import (  # noqa: E402
-    decide_labels, normalize_percentile, postprocess_lesions, segment_image)
+    decide_labels, lesion_confidence_of, lesion_min_peak, normalize_percentile, postprocess_lesions, segment_image)
 from MedAnalysisLib.core.segment.parameters import SegmentationParameters  # noqa: E402
 from MedAnalysisLib.core.segment.models import load_model  # noqa: E402
 
@@ -63,8 +64,14 @@ def plain_monai(image, model, device):
         logits = sliding_window_inference(torch.from_numpy(array)[None, None].to(device),
                                           roi_size=config["inference"]["roi_size"], sw_batch_size=1,
                                           predictor=model.network, overlap=0.25, mode="gaussian")
-        labels = decide_labels(torch.softmax(logits[0], 0), config).cpu().numpy()  # the model's decision rule
-    return postprocess_lesions(labels, config, image.GetSpacing(), SegmentationParameters().lesionMinMl)
+        probabilities = torch.softmax(logits[0], 0)
+        labels = decide_labels(probabilities, config)  # the model's decision rule
+        peak = lesion_min_peak(config)
+        lesion = next(int(e["value"]) for e in config["labels"] if e["name"] == "lesion")
+        confidence = lesion_confidence_of(labels, probabilities, lesion) if peak is not None else None
+        labels = labels.cpu().numpy()
+    return postprocess_lesions(labels, config, image.GetSpacing(), SegmentationParameters().lesionMinMl,
+                               confidence, peak)
 
 
 def timed(function, repeats):

@@ -473,19 +473,65 @@ def remove_weak_components(labels: np.ndarray, label: int, confidence: np.ndarra
     return labels
 
 
+ISLAND_MAX_ML = 3.0  # larger enclosed grey-matter components may be deep nuclei (putamen with pallidum: ~6 mL)
+ISLAND_MIN_SHELL = 0.9  # share of an island's one-voxel shell that must be white matter (or lesion)
+
+
+def enclosed_islands_to_lesions(labels: np.ndarray, gm: int, wm: int, lesion: int, min_voxels: int,
+                                max_voxels: int, min_shell: float = ISLAND_MIN_SHELL) -> np.ndarray:
+    """Relabel as ``lesion`` the grey-matter components of ``min_voxels``..``max_voxels`` voxels whose
+    one-voxel shell is at least ``min_shell`` white matter or lesion.
+
+    Grey matter does not float inside white matter (cortex and deep nuclei touch CSF or each other),
+    so a grey-matter-like island enclosed by white matter is a white-matter hypointensity, as
+    FreeSurfer labels it on T1: T1 lesions have the intensity of grey matter, and a network that
+    has not learnt them calls them grey matter."""
+    from scipy import ndimage
+
+    mask = labels == gm
+    if not mask.any() or max_voxels < max(min_voxels, 1):
+        return labels
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    candidates = np.nonzero((sizes >= max(min_voxels, 1)) & (sizes <= max_voxels))[0]
+    candidates = candidates[candidates > 0]
+    if candidates.size == 0:
+        return labels
+    objects = ndimage.find_objects(components)
+    structure = np.ones((3, 3, 3), bool)
+    out = None
+    for index in candidates:
+        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in objects[index - 1])
+        own = components[box] == index
+        shell = ndimage.binary_dilation(own, structure=structure) & ~own
+        ring = labels[box][shell]
+        if ring.size and np.isin(ring, (wm, lesion)).mean() >= min_shell:
+            if out is None:
+                out = labels.copy()
+            out[box][own] = lesion
+    return labels if out is None else out
+
+
 def postprocess_lesions(labels: np.ndarray, config: dict, spacing_mm, lesion_min_ml: float,
-                        confidence: Optional[np.ndarray] = None, min_peak: Optional[float] = None) -> np.ndarray:
+                        confidence: Optional[np.ndarray] = None, min_peak: Optional[float] = None,
+                        islands: bool = False) -> np.ndarray:
     """Lesion clean-up of a model label map: components whose peak lesion probability stays below
     ``min_peak`` (with ``confidence``, see :func:`lesion_min_peak`), components smaller than
     ``lesion_min_ml`` and, for a model with a white-matter label (its lesions are white-matter
-    lesions), components touching no or too little white matter take their neighbours' label."""
+    lesions), components touching no or too little white matter take their neighbours' label.
+    With ``islands`` (and grey- and white-matter labels), grey matter enclosed by white matter
+    becomes lesion first (:func:`enclosed_islands_to_lesions`)."""
     lesion = _lesion_label(config)
     if lesion is None:
         return labels
     if confidence is not None and min_peak is not None:
         labels = remove_weak_components(labels, lesion, confidence, min_peak)
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    gm, wm = _label_named(config, "gray matter"), _label_named(config, "white matter")
+    if islands and gm is not None and wm is not None:
+        labels = enclosed_islands_to_lesions(labels, gm, wm, lesion, int(np.ceil(lesion_min_ml / voxel_ml)),
+                                             int(ISLAND_MAX_ML / voxel_ml))
     if lesion_min_ml > 0:
-        voxel_ml = float(np.prod(spacing_mm)) / 1000.0
         labels = remove_small_components(labels, lesion, int(np.ceil(lesion_min_ml / voxel_ml)))
     host = _label_named(config, "white matter")
     if host is not None:
@@ -515,7 +561,7 @@ def segment_image(image: sitk.Image, network, config: dict, settings: Optional[S
     started = time.perf_counter()
     report(0.9, "postprocessing")
     labels = postprocess_lesions(labels, config, model_grid["spacing"], settings.lesionMinMl, confidence,
-                                 lesion_min_peak(config, settings.lesionPeak))
+                                 lesion_min_peak(config, settings.lesionPeak), settings.lesionIslands)
     del confidence
     model_labels = _on_grid(labels, model_grid)
     if geometry.same_grid(model_labels, image, 1e-6):

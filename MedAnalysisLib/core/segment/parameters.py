@@ -44,6 +44,9 @@ class SegmentationParameters:
                                                "reaches this (default: the model's, chosen on validation data; "
                                                "none: no such rule)", parse=probability, flag="--lesion-peak",
                                          metavar="P")
+    lesionIslands: bool = option(True, "grey matter enclosed by white matter is reported as lesion (T1 white-matter "
+                                       "hypointensities); --no-lesion-islands: the network's grey matter stays",
+                                 flag="--lesion-islands")
     refine: bool = option(True, "fit the tissue intensities of this image (EM, the network's probabilities as "
                                 "priors); --no-refine: the network alone")
     brainMask: str = option("auto", "auto: extract the brain first (deepbet) and segment inside it (brain models); "

@@ -350,3 +350,26 @@ def test_segmenter_keeps_lesion_confidence_only_when_a_peak_rule_applies():
     assert (confidence[labels == 4] > 250).all() and (confidence[labels != 4] == 0).all()
     ruled.settings.slabVoxels = 4  # slab by slab: the same map
     assert np.array_equal(ruled.segment(array, ProgressReporter()).lesion_confidence, confidence)
+
+
+def test_grey_matter_enclosed_by_white_matter_becomes_lesion():
+    from MedAnalysisLib.core.segment.engine import postprocess_lesions
+
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[2:38, 2:38, 2:30] = 3                 # white matter
+    labels[30:38, 2:38, 2:30] = 2                # cortex-like grey matter along one side
+    labels[2:38, 2:38, 30:34] = 1                # CSF beyond
+    labels[10:14, 10:14, 10:14] = 2              # grey island inside white matter (64 voxels): lesion
+    labels[20:23, 20:23, 27:30] = 2              # grey blob touching CSF: stays grey matter
+    labels[6:8, 6:8, 6:8] = 2                    # 8 voxels: under the minimum size, stays
+    config = {"labels": [{"value": v, "name": n} for v, n in
+                         enumerate(["background", "cerebrospinal fluid", "gray matter", "white matter", "lesion"])]}
+    out = postprocess_lesions(labels, config, (1.0, 1.0, 1.0), 0.02, islands=True)
+    assert (out[10:14, 10:14, 10:14] == 4).all()
+    assert (out[20:23, 20:23, 27:30] == 2).all() and (out[30:38, 2:38, 2:30] == 2).all()
+    assert (out == 4).sum() == 64
+    assert (postprocess_lesions(labels, config, (1.0, 1.0, 1.0), 0.02) == 4).sum() == 0  # off by default here
+    # a large enclosed grey structure (over 3 mL, like putamen with pallidum) is left alone
+    big = labels.copy()
+    big[8:24, 8:24, 8:24] = 2
+    assert (postprocess_lesions(big, config, (1.0, 1.0, 1.0), 0.02, islands=True) == 4).sum() == 0
