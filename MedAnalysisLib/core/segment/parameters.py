@@ -44,8 +44,8 @@ class SegmentationParameters:
                                                "reaches this (default: the model's, chosen on validation data; "
                                                "none: no such rule)", parse=probability, flag="--lesion-peak",
                                          metavar="P")
-    lesionIslands: bool = option(True, "grey matter enclosed by white matter is reported as lesion (T1 white-matter "
-                                       "hypointensities); --no-lesion-islands: the network's grey matter stays",
+    lesionIslands: bool = option(False, "also report grey matter enclosed by white matter as lesion (T1 white-matter "
+                                        "hypointensities that the network calls grey matter)",
                                  flag="--lesion-islands")
     refine: bool = option(True, "fit the tissue intensities of this image (EM, the network's probabilities as "
                                 "priors); --no-refine: the network alone")
